@@ -1,0 +1,34 @@
+# Two commands for a fresh machine (see README):  make demo  |  make test
+# Both create or reuse the project-local venv .venv from the pins in envs/requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test lint venv clean-results
+
+venv: $(STAMP)
+
+$(STAMP): envs/requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r envs/requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(SNAKEMAKE) --cores $(CORES) --printshellcmds
+	$(BIN)/python -m qaclims.summary results/synthetic
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(SNAKEMAKE) --lint
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n $(CORES) -q
+
+clean-results:
+	rm -rf results/synthetic .snakemake

@@ -1,0 +1,24 @@
+# qaclims: QA-CLIMS weakly supervised semantic segmentation as a Snakemake workflow.
+# Reads like a table of contents: config, validation, one rule file per stage, the final targets.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# The package lives in src/ (rule scripts import it through workflow/scripts/_srcpath.py).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

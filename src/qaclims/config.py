@@ -1,0 +1,145 @@
+"""Config loading: JSON-schema validation (draft 2020-12) with defaults filled in.
+
+The Snakefile validates the merged config before any job runs. Errors name the offending key by
+its dotted path and say what was expected, e.g.::
+
+    config key 'dataset.on_bad_image': expected one of ['error', 'skip'], got 'ignore'
+
+Defaults come from the schema (every key has a ``description`` and, where optional, a
+``default``), so the schema is the single place that documents the configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the expected value."""
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+
+
+def fill_defaults(instance: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``instance`` with schema defaults filled in, recursively.
+
+    A missing object-valued key is created when its sub-schema has properties with defaults,
+    so nested defaults apply even when the user omits the whole section.
+    """
+    out = copy.deepcopy(instance)
+    _fill(out, schema)
+    return out
+
+
+def _fill(node: Any, schema: Mapping[str, Any]) -> None:
+    if not isinstance(node, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node:
+            if "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            elif sub.get("type") == "object" and "properties" in sub:
+                node[key] = {}
+            else:
+                continue
+        _fill(node[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, Mapping):
+        for key, value in node.items():
+            if key not in schema.get("properties", {}):
+                _fill(value, extra)
+
+
+def _dotted(path: Any) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "<root>"
+
+
+def _expected(error: Any) -> str:
+    validator, value = error.validator, error.validator_value
+    if validator == "enum":
+        return f"one of {list(value)}"
+    if validator == "type":
+        return f"a value of type {value}"
+    if validator in ("minimum", "exclusiveMinimum"):
+        return f"a number {'>=' if validator == 'minimum' else '>'} {value}"
+    if validator in ("maximum", "exclusiveMaximum"):
+        return f"a number {'<=' if validator == 'maximum' else '<'} {value}"
+    if validator == "minItems":
+        return f"at least {value} item(s)"
+    if validator == "pattern":
+        return f"a string matching {value!r}"
+    return f"{validator} {value!r}"
+
+
+def validate(instance: dict[str, Any], schema: Mapping[str, Any], what: str = "config") -> dict:
+    """Fill defaults, then validate; raise :class:`ConfigError` listing every problem."""
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(schema)
+    filled = fill_defaults(instance or {}, schema)
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
+    )
+    if not errors:
+        return filled
+    lines = []
+    for err in errors:
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            unknown = sorted(set(err.instance) - set(allowed))
+            for key in unknown:
+                where = _dotted([*err.absolute_path, key])
+                lines.append(f"{what} key '{where}': unknown key; allowed here: {allowed}")
+        elif err.validator == "required":
+            missing = [k for k in err.validator_value if k not in err.instance]
+            for key in missing:
+                where = _dotted([*err.absolute_path, key])
+                lines.append(f"{what} key '{where}': required but missing")
+        else:
+            lines.append(
+                f"{what} key '{_dotted(err.absolute_path)}': expected {_expected(err)}, "
+                f"got {err.instance!r}"
+            )
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def check_consistency(config: Mapping[str, Any], base: Path) -> None:
+    """Checks a schema cannot express: related values agree, real dataset roots exist."""
+    dataset = config["dataset"]
+    syn = dataset["synthetic"]
+    if syn["min_size"] > syn["max_size"]:
+        raise ConfigError(
+            f"config key 'dataset.synthetic.min_size': expected a value <= "
+            f"dataset.synthetic.max_size ({syn['max_size']}), got {syn['min_size']}"
+        )
+    if dataset["source"] != "synthetic":
+        root = base / dataset["root"]
+        if not root.is_dir():
+            raise ConfigError(
+                f"config key 'dataset.root': expected an existing {dataset['source']} directory, "
+                f"got {dataset['root']!r} ({root} does not exist). See README 'Real datasets'."
+            )
+
+
+def validate_config(config: dict[str, Any], base: str | Path = ".") -> dict[str, Any]:
+    """Validate the pipeline config against workflow/schemas/config.schema.yaml."""
+    schema = load_yaml(SCHEMA_DIR / "config.schema.yaml")
+    filled = validate(config, schema)
+    check_consistency(filled, Path(base))
+    return filled

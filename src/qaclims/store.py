@@ -1,0 +1,107 @@
+"""File I/O shared by every stage: atomic writes, Parquet tables, JSON and VOC palette PNGs.
+
+Every writer goes through :func:`atomic_path`: the data is written to a temporary file beside the
+target and renamed over it only once complete, so a killed job never leaves a file that looks
+finished (Snakemake would otherwise treat a half-written output of a killed job as complete
+when it is rerun with ``--keep-incomplete`` or by hand).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PathLike = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    On any exception the temporary file is removed and ``target`` is left untouched. The suffix
+    of the temporary file defaults to the target's, so format sniffing by extension still works.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix,
+        dir=target.parent,
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json(data: Any, path: PathLike, indent: int = 2) -> None:
+    """Write ``data`` as JSON atomically; numpy scalars and arrays are converted."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent, default=_json_default) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def write_parquet(df: Any, path: PathLike) -> None:
+    """Write a pandas DataFrame to Parquet (zstd) atomically, without the index."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, compression="zstd")
+
+
+def voc_palette() -> np.ndarray:
+    """The PASCAL VOC colour map as a flat list of 768 ints (index 255 = ignore, light)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette.reshape(-1)
+
+
+def write_label_png(label: np.ndarray, path: PathLike) -> None:
+    """Write a uint8 label map (0 bg, 1..K classes, 255 ignore) as a VOC palette PNG, atomically."""
+    from PIL import Image
+
+    if label.ndim != 2:
+        raise ValueError(f"{path}: label map must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    img.putpalette(voc_palette().tolist())
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def read_label_png(path: PathLike) -> np.ndarray:
+    """Read a label PNG as its palette indices (uint8, H x W). RGB PNGs are rejected."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a palette or grey label PNG, got mode {img.mode}")
+        return np.array(img, dtype=np.uint8)

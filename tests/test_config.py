@@ -1,0 +1,102 @@
+"""Config validation: defaults filled from the schema, errors name the key and the expectation."""
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from qaclims.config import ConfigError, fill_defaults, load_yaml, validate, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def default_config() -> dict:
+    return load_yaml(ROOT / "config" / "config.yaml")
+
+
+def test_default_config_is_valid_and_filled(default_config: dict) -> None:
+    config = validate_config(default_config, base=ROOT)
+    assert config["dataset"]["check_images"] is True  # filled from the schema
+    assert config["questions"] == "config/questions.yaml"
+
+
+def test_minimal_config_gets_every_default() -> None:
+    minimal = {"dataset": {"name": "x", "source": "synthetic", "root": "r"}}
+    config = validate_config(minimal, base=ROOT)
+    assert config["dataset"]["synthetic"]["n_train"] == 1000
+    assert config["dataset"]["splits"] == {"train": "train_aug", "cam_eval": "train",
+                                           "seg_eval": "val"}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("dataset", "on_bad_image"), "ignore", "'dataset.on_bad_image': expected one of"),
+        (("dataset", "synthetic", "n_train"), "many", "'dataset.synthetic.n_train': expected a "
+                                                      "value of type integer"),
+        (("dataset", "synthetic", "n_val"), 0, "'dataset.synthetic.n_val': expected a number >= 1"),
+        (("dataset", "name"), "a/b", "'dataset.name': expected a string matching"),
+        (("dataset", "colour"), "red", "'dataset.colour': unknown key"),
+        (("datset",), {}, "'datset': unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(default_config, path, value, expected) -> None:
+    config = copy.deepcopy(default_config)
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(config, base=ROOT)
+
+
+def test_missing_required_key(default_config) -> None:
+    del default_config["dataset"]["source"]
+    with pytest.raises(ConfigError, match="'dataset.source': required but missing"):
+        validate_config(default_config, base=ROOT)
+
+
+def test_missing_real_dataset_root_is_named(tmp_path) -> None:
+    config = load_yaml(ROOT / "config" / "voc12.yaml")
+    config["dataset"]["root"] = "no/such/VOC2012"
+    with pytest.raises(ConfigError, match="'dataset.root'.*no/such/VOC2012"):
+        validate_config(config, base=tmp_path)
+    (tmp_path / "no/such/VOC2012").mkdir(parents=True)
+    assert validate_config(config, base=tmp_path)["dataset"]["source"] == "voc12"
+
+
+@pytest.mark.parametrize("name", ["voc12", "coco14"])
+def test_real_configs_are_schema_valid(name, tmp_path) -> None:
+    config = load_yaml(ROOT / "config" / f"{name}.yaml")
+    (tmp_path / config["dataset"]["root"]).mkdir(parents=True)
+    validate_config(config, base=tmp_path)
+
+
+def test_every_schema_key_is_described() -> None:
+    schema = load_yaml(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+    def walk(node, where):
+        for key, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"schema key {where}{key} has no description"
+            walk(sub, f"{where}{key}.")
+
+    walk(schema, "")
+
+
+def test_fill_defaults_does_not_mutate_and_keeps_user_values() -> None:
+    schema = {"type": "object", "properties": {
+        "a": {"type": "integer", "default": 1},
+        "b": {"type": "object", "properties": {"c": {"type": "string", "default": "x"}}},
+    }}
+    user = {"b": {"c": "mine"}}
+    filled = fill_defaults(user, schema)
+    assert filled == {"a": 1, "b": {"c": "mine"}}
+    assert user == {"b": {"c": "mine"}}
+    assert validate({}, schema) == {"a": 1, "b": {"c": "x"}}
+
+
+def test_inconsistent_sizes_are_named(default_config) -> None:
+    default_config["dataset"]["synthetic"].update(min_size=200, max_size=150)
+    with pytest.raises(ConfigError, match="'dataset.synthetic.min_size'.*<= .*150"):
+        validate_config(default_config, base=ROOT)

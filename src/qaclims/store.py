@@ -9,6 +9,7 @@ when it is rerun with ``--keep-incomplete`` or by hand).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -71,8 +72,13 @@ def write_parquet(df: Any, path: PathLike) -> None:
         df.to_parquet(tmp, index=False, compression="zstd")
 
 
+@functools.lru_cache(maxsize=1)
+def _voc_palette_list() -> tuple[int, ...]:
+    return tuple(voc_palette().tolist())
+
+
 def voc_palette() -> np.ndarray:
-    """The PASCAL VOC colour map as a flat list of 768 ints (index 255 = ignore, light)."""
+    """The PASCAL VOC colour map as a flat array of 768 ints (index 255 = ignore, light)."""
     palette = np.zeros((256, 3), dtype=np.uint8)
     for i in range(256):
         c, r, g, b = i, 0, 0, 0
@@ -92,7 +98,7 @@ def write_label_png(label: np.ndarray, path: PathLike) -> None:
     if label.ndim != 2:
         raise ValueError(f"{path}: label map must be 2-D, got shape {label.shape}")
     img = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
-    img.putpalette(voc_palette().tolist())
+    img.putpalette(list(_voc_palette_list()))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -1,0 +1,85 @@
+"""Plain-text summary of a results folder, printed at the end of ``make demo``.
+
+    python -m qaclims.summary results/synthetic
+
+Each section reads one artifact of a stage. An artifact that has not been produced yet is listed
+as missing instead of being left out without a word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(lines)
+
+
+def dataset_section(results: Path) -> str | None:
+    stats_path = results / "data" / "stats.json"
+    if not stats_path.is_file():
+        return None
+    stats = json.loads(stats_path.read_text())
+    splits = stats["splits"]
+    out = [f"Dataset ({stats['source']}): {stats['n_images']} images, {stats['num_classes']} "
+           f"classes, {stats['n_skipped']} skipped {stats['skipped_by_reason'] or ''}".rstrip()]
+    out.append(_table(
+        [[s, v["n_images"], v["n_with_gt"], v["n_unlabelled"],
+          " ".join(f"{k}:{n}" for k, n in v["labels_per_image"].items())]
+         for s, v in splits.items()],
+        ["split", "images", "with gt", "unlabelled", "labels per image (n:images)"],
+    ))
+    names = stats["classes"]
+    out.append("\nImages per class")
+    out.append(_table([[c, *(splits[s]["class_images"][c] for s in splits)] for c in names],
+                      ["class", *splits]))
+    cooc_path = results / "data" / "cooccurrence.tsv"
+    if cooc_path.is_file():
+        cooc = pd.read_csv(cooc_path, sep="\t")
+        split = "train_aug" if "train_aug" in set(cooc["split"]) else cooc["split"].iloc[0]
+        sub = cooc[cooc["split"] == split]
+        mat = {(r.class_a, r.class_b): r.n_images for r in sub.itertuples()}
+        rows = [[a, *(mat.get((a, b), mat.get((b, a), 0)) for b in names)] for a in names]
+        out.append(f"\nClass co-occurrence ({split}: images holding both classes)")
+        out.append(_table(rows, ["", *names]))
+    return "\n".join(out)
+
+
+SECTIONS: dict[str, tuple[str, Callable[[Path], str | None]]] = {
+    "dataset": ("data/stats.json", dataset_section),
+}
+
+
+def summarise(results: Path) -> str:
+    parts, missing = [], []
+    for name, (artifact, section) in SECTIONS.items():
+        text = section(results)
+        if text is None:
+            missing.append(f"{name} ({results / artifact})")
+        else:
+            parts.append(text)
+    if missing:
+        parts.append("Not produced yet: " + ", ".join(missing))
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="results/{dataset} folder")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"no results folder at {args.results}")
+    print(summarise(args.results))
+
+
+if __name__ == "__main__":
+    main()

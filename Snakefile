@@ -11,11 +11,17 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 
-configfile: "config/config.yaml"
+# The demo config applies unless config files are named with --configfile: those alone then
+# define the run, so a real experiment never inherits demo values by accident.
+if not workflow.config_settings.configfiles:
+
+    configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/qape.smk"
 
 
 rule all:

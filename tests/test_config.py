@@ -100,3 +100,22 @@ def test_inconsistent_sizes_are_named(default_config) -> None:
     default_config["dataset"]["synthetic"].update(min_size=200, max_size=150)
     with pytest.raises(ConfigError, match="'dataset.synthetic.min_size'.*<= .*150"):
         validate_config(default_config, base=ROOT)
+
+
+@pytest.mark.parametrize(("key", "module", "cls"), [
+    ("vqa", "qaclims.vlp.train_toy_vqa", "ToyVqaSettings"),
+    ("clip", "qaclims.vlp.train_toy_clip", "ToyClipSettings"),
+])
+def test_toy_schema_matches_training_settings(key, module, cls) -> None:
+    """The schema documents every toy-training knob with the same default the code uses."""
+    import dataclasses
+    import importlib
+
+    settings = getattr(importlib.import_module(module), cls)
+    schema = load_yaml(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    props = schema["properties"]["models"]["properties"]["toy"]["properties"][key]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(settings)}
+    assert set(props) == set(fields)
+    for name, default in fields.items():
+        expected = list(default) if isinstance(default, tuple) else default
+        assert props[name]["default"] == expected, name

@@ -56,3 +56,48 @@ def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "config key 'dataset.root'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def _jobs_to_run(proc: subprocess.CompletedProcess) -> set[str]:
+    """Rule names of a dry run's job table."""
+    out, rules, in_table = proc.stdout + proc.stderr, set(), False
+    for line in out.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if not set(parts[0]) <= {"-"}:
+                rules.add(parts[0])
+    return rules
+
+
+@pytest.mark.slow
+def test_non_vqa_change_reruns_no_vqa_job(tiny_run: Path) -> None:
+    proc = snakemake(tiny_run, "-n", "--config", "qape={'corpus': {'variant': 'paper'}}")
+    jobs = _jobs_to_run(proc)
+    assert "corpus" in jobs and "vqa" not in jobs, jobs
+
+
+@pytest.mark.slow
+def test_editing_one_template_asks_one_question_per_pair(tiny_run: Path) -> None:
+    """The answer cache makes a template edit cost one model call per (image, class) pair."""
+    questions = (ROOT / "config" / "questions.yaml").read_text()
+    old = "What is another name for this {}?"
+    assert old in questions
+    edited = tiny_run / "config" / "questions.yaml"
+    edited.parent.mkdir(exist_ok=True)
+    edited.write_text(questions.replace(old, "What else is this {} called?"))
+    snakemake(tiny_run, "--cores", "2")  # the changed questions input reruns every vqa shard
+    asked, pairs = 0, 0
+    for log in sorted((tiny_run / "results" / "tiny" / "logs" / "vqa").glob("*.log")):
+        stats = [line for line in log.read_text().splitlines() if "done on" in line][-1]
+        asked += int(stats.split("'engine_questions': ")[1].split(",")[0])
+        pairs += int(stats.split("'pairs': ")[1].split(",")[0])
+    assert pairs > 0
+    assert asked == pairs  # not 16 per pair
+    answers = pd.concat(pd.read_parquet(p) for p in
+                        (tiny_run / "results" / "tiny" / "qape" / "answers").glob("*.parquet"))
+    assert (answers["question"].str.startswith("What else is this")).sum() == pairs

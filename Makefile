@@ -21,7 +21,7 @@ $(STAMP): envs/requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --printshellcmds
-	$(BIN)/python -m qaclims.summary results/synthetic
+	$(BIN)/python -m qaclims.summary results/synthetic --toy resources/weights/toy/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

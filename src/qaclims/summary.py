@@ -54,13 +54,56 @@ def dataset_section(results: Path) -> str | None:
     return "\n".join(out)
 
 
+def toy_models_section(toy: Path) -> str | None:
+    vqa_path, clip_path = toy / "blip_vqa_metrics.json", toy / "clip_metrics.json"
+    if not (vqa_path.is_file() and clip_path.is_file()):
+        return None
+    vqa, clip = json.loads(vqa_path.read_text()), json.loads(clip_path.read_text())
+    q, c = vqa["quality"], clip["quality"]
+    groups = " ".join(f"{g} {v:.1%}" for g, v in q["per_group"].items())
+    return "\n".join([
+        f"Toy models ({toy})",
+        f"  BLIP VQA: held-out exact match {q['exact_match']:.1%} ({groups}); "
+        f"{vqa['training']['n_parameters']:,} parameters, {vqa['training']['steps']} steps "
+        f"(stopped by {vqa['training']['stopped_by']}) in {vqa['training']['train_seconds']:.0f} s",
+        f"  CLIP: masked-object class {c['object_class_accuracy']:.1%}, masked-context "
+        f"{c['context_accuracy']:.1%}, object region prefers class over its context "
+        f"{c['object_vs_context']:.1%}; {clip['training']['n_parameters']:,} parameters, "
+        f"{clip['training']['steps']} steps in {clip['training']['train_seconds']:.0f} s",
+    ])
+
+
+def qape_section(results: Path) -> str | None:
+    path = results / "qape" / "corpus_stats.json"
+    if not path.is_file():
+        return None
+    stats = json.loads(path.read_text())
+    out = [f"QAPE corpus: {stats['pairs_used']} of {stats['pairs']} (image, class) pairs used, "
+           f"{stats['empty_background_pairs']} without background text, "
+           f"{stats['unique_texts']} distinct texts ({stats['variant']} variant)",
+           "Top answers per class and question group (answer:count)"]
+    rows = []
+    for cls, groups in stats["top_answers"].items():
+        rows.append([cls, *(" ".join(f"{a}:{n}" for a, n in groups.get(g, [])[:3])
+                            for g in ("fine", "alias", "object", "scene"))])
+    out.append(_table(rows, ["class", "fine", "alias", "object", "scene"]))
+    return "\n".join(out)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[Path], str | None]]] = {
     "dataset": ("data/stats.json", dataset_section),
+    "qape": ("qape/corpus_stats.json", qape_section),
 }
 
 
-def summarise(results: Path) -> str:
+def summarise(results: Path, toy: Path | None = None) -> str:
     parts, missing = [], []
+    if toy is not None:
+        text = toy_models_section(toy)
+        if text is None:
+            missing.append(f"toy models ({toy}/*_metrics.json)")
+        else:
+            parts.append(text)
     for name, (artifact, section) in SECTIONS.items():
         text = section(results)
         if text is None:
@@ -75,10 +118,11 @@ def summarise(results: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results/{dataset} folder")
+    parser.add_argument("--toy", type=Path, help="toy models folder, resources/weights/toy/{name}")
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         parser.error(f"no results folder at {args.results}")
-    print(summarise(args.results))
+    print(summarise(args.results, args.toy))
 
 
 if __name__ == "__main__":

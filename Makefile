@@ -9,7 +9,7 @@ SNAKEMAKE := $(BIN)/snakemake
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint venv clean-results
+.PHONY: demo test test-slurm lint venv clean-results
 
 venv: $(STAMP)
 
@@ -28,7 +28,13 @@ lint: $(STAMP)
 	$(SNAKEMAKE) --lint
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n $(CORES) -q
+	$(BIN)/python -m pytest -n $(CORES) -q -m "not slurm"
+
+# The workflow through `--profile slurm` on a real one-node SLURM cluster built on this machine
+# (root; installs Debian's slurm, munge and mariadb packages). CI runs it after `make test`.
+test-slurm: $(STAMP)
+	bash tests/slurm/install.sh
+	QACLIMS_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 clean-results:
 	rm -rf results/synthetic .snakemake

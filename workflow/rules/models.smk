@@ -3,11 +3,11 @@
 # so later stages load both through the same loaders.
 
 
-localrules:
-    fetch_weights,
-
-
 if FETCH_ASSETS:
+
+    # Downloads need the login node's network; everything else goes to the cluster.
+    localrules:
+        fetch_weights,
 
     rule fetch_weights:
         output:

@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(SNAKEMAKE) --lint
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n $(CORES) -q -m "not slurm"
+	$(BIN)/python -m pytest -n $(CORES) --dist loadfile -q -m "not slurm"
 
 # The workflow through `--profile slurm` on a real one-node SLURM cluster built on this machine
 # (root; installs Debian's slurm, munge and mariadb packages). CI runs it after `make test`.

@@ -114,7 +114,8 @@ def test_toy_schema_matches_training_settings(key, module, cls) -> None:
     settings = getattr(importlib.import_module(module), cls)
     schema = load_yaml(ROOT / "workflow" / "schemas" / "config.schema.yaml")
     props = schema["properties"]["models"]["properties"]["toy"]["properties"][key]["properties"]
-    fields = {f.name: f.default for f in dataclasses.fields(settings)}
+    fields = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+              for f in dataclasses.fields(settings)}
     assert set(props) == set(fields)
     for name, default in fields.items():
         expected = list(default) if isinstance(default, tuple) else default

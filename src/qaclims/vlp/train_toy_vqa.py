@@ -1,0 +1,483 @@
+"""Train the demo's toy BLIP VQA from scratch on the synthetic VLP corpus (CPU, minutes).
+
+A transformers ``BlipForQuestionAnswering`` built by
+:func:`qaclims.vlp.toy_models.build_toy_blip_vqa` (96 px, patch 12, hidden 128, 2 layers per
+tower, a word vocabulary of the corpus questions and answers) learns the question-answer pairs of
+all 16 templates of the ``train`` split with the model's own loss (answer tokens from [DEC],
+padding excluded - :func:`blip_training_batch`).
+
+Determinism: the step count decides (``max_steps``; the learning-rate schedule is laid out over
+it); ``max_minutes`` only guards against a machine far slower than expected and, when it ends
+training early, the metrics say so (``stopped_by: "time"``). Same seed, same thread count, same
+corpus -> same weights.
+
+The model is saved with ``save_pretrained`` (model + processor) and evaluated *after loading it
+back* through :func:`qaclims.vlp.blip.load_blip_vqa` (:func:`qaclims.vlp.toy_quality.evaluate_vqa`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qaclims.vlp.toy_quality import (
+    TRAIN_SPLIT,
+    LogFn,
+    TrainLog,
+    VlpCorpus,
+    count_parameters,
+    directory_bytes,
+    evaluate_vqa,
+    load_corpus,
+    lr_at,
+    normalise_batch,
+    resize_uint8,
+)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class ToyVqaSettings:
+    """Every knob of the toy VQA training (config: ``models.toy.vqa.<field>``)."""
+
+    seed: int = 0
+    threads: int = 2
+    # Model (environment.md prototype: ~1.6M parameters).
+    image_size: int = 96
+    patch_size: int = 12
+    hidden: int = 128
+    layers: int = 2
+    text_layers: int | None = None  # text encoder / decoder layers; None = ``layers``
+    heads: int = 4
+    # Data: template groups whose question rows appear this many times in the training table
+    # (e.g. {"object": 3}: the spatial questions, which are learnt last, get 3x the draws).
+    group_repeats: dict[str, int] = field(default_factory=dict)
+    # Optimisation.
+    batch_size: int = 128  # questions per step
+    # Questions per image in a batch: the vision tower runs once per image and its output serves
+    # all of them (the same loss as ``model(...)`` on repeated images, ~2x cheaper at 4).
+    # 1 = every question with its own image draw, through ``model(...)`` itself.
+    questions_per_image: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 60
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.02
+    grad_clip: float = 1.0
+    max_steps: int = 1500
+    max_minutes: float = 15.0
+    log_every: int = 25
+    # Evaluation (held-out split, authors' decoding).
+    eval_split: str = "heldout"
+    eval_max_questions: int | None = 6000
+    eval_batch_size: int = 256
+    num_beams: int = 3
+    max_length: int = 10
+    min_length: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ToyVqaSettings:
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown toy VQA setting(s) {unknown}; known: {sorted(known)}")
+        reps = dict(data.get("group_repeats") or {})
+        bad = {g: r for g, r in reps.items() if not isinstance(r, int) or r < 1}
+        if bad:
+            raise ValueError(f"group_repeats: expected integers >= 1, got {bad}")
+        data["group_repeats"] = reps
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def corpus_words(corpus: VlpCorpus) -> list[str]:
+    """The texts the BLIP vocabulary is built from: every question and answer of the corpus."""
+    qa = corpus.qa
+    return sorted(set(qa["question"].astype(str)) | set(qa["answer"].astype(str)))
+
+
+class _QaBatches:
+    """Pre-tokenised QA rows; a batch is a gather plus trimming of trailing padding."""
+
+    def __init__(self, tokenizer: Any, rows: Any) -> None:
+        import torch
+
+        from qaclims.vlp.toy_models import blip_training_batch
+
+        questions = rows["question"].astype(str).tolist()
+        answers = rows["answer"].astype(str).tolist()
+        uq = sorted(set(questions))
+        ua = sorted(set(answers))
+        # Tokenise each distinct question / answer once, exactly as blip_training_batch does.
+        q_enc = blip_training_batch(tokenizer, uq, [ua[0]] * len(uq))
+        a_enc = blip_training_batch(tokenizer, [uq[0]] * len(ua), ua)
+        qi = {q: i for i, q in enumerate(uq)}
+        ai = {a: i for i, a in enumerate(ua)}
+        q_rows = torch.tensor([qi[q] for q in questions])
+        a_rows = torch.tensor([ai[a] for a in answers])
+        self.input_ids = q_enc["input_ids"][q_rows]
+        self.attention_mask = q_enc["attention_mask"][q_rows]
+        self.decoder_input_ids = a_enc["decoder_input_ids"][a_rows]
+        self.decoder_attention_mask = a_enc["decoder_attention_mask"][a_rows]
+        self.labels = a_enc["labels"][a_rows]
+        self.image_index = torch.tensor(rows["index"].to_numpy(dtype=np.int64, copy=True))
+        unk = tokenizer.unk_token_id
+        self.n_unknown = (int((q_enc["input_ids"] == unk).sum())
+                          + int((a_enc["decoder_input_ids"] == unk).sum()))
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batch(self, idx: Any) -> dict[str, Any]:
+        qm = self.attention_mask[idx]
+        am = self.decoder_attention_mask[idx]
+        lq = int(qm.sum(1).max())
+        la = int(am.sum(1).max())
+        return {
+            "input_ids": self.input_ids[idx, :lq],
+            "attention_mask": qm[:, :lq],
+            "decoder_input_ids": self.decoder_input_ids[idx, :la],
+            "decoder_attention_mask": am[:, :la],
+            "labels": self.labels[idx, :la],
+        }
+
+
+class _ImageGroupedSampler:
+    """Batches of ``n_images`` images x ``per_image`` of their QA rows, seeded.
+
+    Images are drawn from an epoch-wise shuffled stream of the training images; each image's rows
+    from its own shuffled stream, so every row is visited about equally often. ``per_image=1``
+    degenerates to epoch-wise shuffled rows.
+    """
+
+    def __init__(self, image_index: Any, per_image: int, gen: Any) -> None:
+        import torch
+
+        self.gen = gen
+        self.per_image = per_image
+        order = torch.argsort(image_index, stable=True)
+        uniq, counts = torch.unique_consecutive(image_index[order], return_counts=True)
+        self.rows_of = list(torch.split(order, counts.tolist()))
+        self.n_groups = len(uniq)
+        self.row_perm = [r[torch.randperm(len(r), generator=gen)] for r in self.rows_of]
+        self.row_cursor = [0] * self.n_groups
+        self.perm = torch.randperm(self.n_groups, generator=gen)
+        self.cursor = 0
+        self.epoch = 0
+        self.n_rows = len(image_index)
+
+    def _rows(self, g: int, k: int) -> list[int]:
+        import torch
+
+        out: list[int] = []
+        while k > 0:
+            p, c = self.row_perm[g], self.row_cursor[g]
+            take = min(k, len(p) - c)
+            out += p[c:c + take].tolist()
+            self.row_cursor[g] = c + take
+            k -= take
+            if self.row_cursor[g] >= len(p):
+                self.row_perm[g] = self.rows_of[g][torch.randperm(len(p), generator=self.gen)]
+                self.row_cursor[g] = 0
+        return out
+
+    def next(self, batch_size: int) -> tuple[Any, Any]:
+        """``(row indices [B], image slot per row [B])``; slots index the distinct images."""
+        import torch
+
+        if self.per_image <= 1:
+            rows = self._next_rows(batch_size)
+            return rows, torch.arange(len(rows))
+        n_img = -(-batch_size // self.per_image)
+        groups = []
+        for _ in range(n_img):
+            if self.cursor >= self.n_groups:
+                self.perm = torch.randperm(self.n_groups, generator=self.gen)
+                self.cursor = 0
+                self.epoch += 1
+            groups.append(int(self.perm[self.cursor]))
+            self.cursor += 1
+        rows, slots = [], []
+        left = batch_size
+        for slot, g in enumerate(groups):
+            k = min(self.per_image, left)
+            rows += self._rows(g, k)
+            slots += [slot] * k
+            left -= k
+        return torch.tensor(rows), torch.tensor(slots)
+
+    def _next_rows(self, batch_size: int) -> Any:
+        import torch
+
+        if not hasattr(self, "_row_stream") or self._row_cursor + batch_size > self.n_rows:
+            if hasattr(self, "_row_stream"):
+                self.epoch += 1
+            self._row_stream = torch.randperm(self.n_rows, generator=self.gen)
+            self._row_cursor = 0
+        out = self._row_stream[self._row_cursor:self._row_cursor + batch_size]
+        self._row_cursor += batch_size
+        return out
+
+
+def vqa_loss(model: Any, pixels: Any, slots: Any, batch: dict[str, Any]) -> Any:
+    """``BlipForQuestionAnswering``'s own training loss, with the vision tower run once per image.
+
+    ``pixels [n_images,3,S,S]``, ``slots [B]`` the image of each question. Identical (up to float
+    rounding) to ``model(pixel_values=pixels[slots], **batch).loss`` - the same modules, masks and
+    decoder loss as transformers' forward.
+    """
+    import torch
+
+    if len(slots) == len(pixels) and bool((slots == torch.arange(len(slots))).all()):
+        return model(pixel_values=pixels, **batch).loss
+    image_embeds = model.vision_model(pixel_values=pixels)[0][slots]
+    image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long,
+                                      device=image_embeds.device)
+    question_embeds = model.text_encoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        encoder_hidden_states=image_embeds, encoder_attention_mask=image_attention_mask,
+        return_dict=False)[0]
+    out = model.text_decoder(
+        input_ids=batch["decoder_input_ids"], attention_mask=batch["decoder_attention_mask"],
+        encoder_hidden_states=question_embeds, encoder_attention_mask=batch["attention_mask"],
+        labels=batch["labels"], reduction="mean")
+    return out.loss.mean()
+
+
+def _set_determinism(seed: int, threads: int) -> None:
+    import random
+
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _optimizer(model: Any, lr: float, weight_decay: float) -> Any:
+    """AdamW; no weight decay on biases, norms and embeddings' position tables."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower():
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def fit_toy_vqa(
+    corpus: VlpCorpus,
+    settings: ToyVqaSettings,
+    *,
+    log: LogFn = print,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train a toy BLIP VQA in memory: ``(model, processor, training info)``."""
+    import torch
+
+    from qaclims.vlp.toy_models import build_corpus_bert_tokenizer, build_toy_blip_vqa
+
+    s = settings
+    _set_determinism(s.seed, s.threads)
+    with tempfile.TemporaryDirectory(prefix="toy_vqa_vocab_") as tmp:
+        tokenizer = build_corpus_bert_tokenizer(corpus_words(corpus), tmp)
+        model, processor = build_toy_blip_vqa(
+            tokenizer, image_size=s.image_size, patch_size=s.patch_size, hidden=s.hidden,
+            layers=s.layers, heads=s.heads, text_layers=s.text_layers, seed=s.seed)
+    ip = processor.image_processor
+    mean, std = tuple(ip.image_mean), tuple(ip.image_std)
+    rows = corpus.qa_rows(TRAIN_SPLIT)
+    if len(rows) == 0:
+        raise ValueError(f"corpus {corpus.root} has no QA rows in the {TRAIN_SPLIT!r} split")
+    if s.group_repeats:
+        import pandas as pd
+
+        reps = rows["group"].map(lambda g: s.group_repeats.get(str(g), 1)).to_numpy()
+        rows = pd.DataFrame(rows.to_dict("list")).loc[np.repeat(np.arange(len(rows)), reps)]
+        rows = rows.reset_index(drop=True)
+    data = _QaBatches(tokenizer, rows)
+    if data.n_unknown:
+        log(f"warning: {data.n_unknown} [UNK] tokens in the training questions/answers")
+    images = torch.from_numpy(resize_uint8(corpus.images, s.image_size))
+    n_params = count_parameters(model)
+    log(f"toy VQA: {n_params:,} parameters, vocabulary {len(tokenizer)}, {len(data):,} training "
+        f"QA pairs on {len(set(data.image_index.tolist())):,} images, batch {s.batch_size}, "
+        f"{s.max_steps} steps (guard {s.max_minutes} min), {torch.get_num_threads()} threads")
+
+    opt = _optimizer(model, s.lr, s.weight_decay)
+    gen = torch.Generator().manual_seed(s.seed)
+    model.train()
+    sampler = _ImageGroupedSampler(data.image_index, s.questions_per_image, gen)
+    t_start = time.perf_counter()
+    cpu_start = time.process_time()
+    t_last = t_start
+    seen_since = 0
+    losses: list[float] = []
+    stopped_by = "steps"
+    step = 0
+    loss_first = None
+    for step in range(s.max_steps):
+        if (time.perf_counter() - t_start) / 60.0 > s.max_minutes:
+            stopped_by = "time"
+            break
+        idx, slots = sampler.next(s.batch_size)
+        lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
+                   schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = data.batch(idx)
+        first = torch.zeros(int(slots.max()) + 1, dtype=torch.long)
+        first[slots.flip(0)] = idx.flip(0)  # one row per image slot -> its image
+        pixels = normalise_batch(images[data.image_index[first]], mean, std)
+        loss = vqa_loss(model, pixels, slots, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip and s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        opt.step()
+        lv = float(loss.detach())
+        losses.append(lv)
+        if loss_first is None:
+            loss_first = lv
+        seen_since += len(idx)
+        if (step + 1) % s.log_every == 0 or step == 0 or step + 1 == s.max_steps:
+            now = time.perf_counter()
+            recent = losses[-s.log_every:]
+            log(f"step {step + 1}/{s.max_steps} epoch {sampler.epoch} loss {np.mean(recent):.4f} "
+                f"lr {lr:.2e} {seen_since / max(now - t_last, 1e-9):.0f} ex/s "
+                f"elapsed {now - t_start:.0f} s")
+            t_last = now
+            seen_since = 0
+    else:
+        step = s.max_steps
+    steps_done = step if stopped_by == "time" else s.max_steps
+    train_seconds = time.perf_counter() - t_start
+    model.eval()
+    k = max(1, min(s.log_every, len(losses)))
+    info = {
+        "steps": int(steps_done),
+        "max_steps": s.max_steps,
+        "stopped_by": stopped_by,
+        "epochs": round(steps_done * s.batch_size / len(data), 3),  # question rows seen / rows
+        "questions_per_image": s.questions_per_image,
+        "train_seconds": round(train_seconds, 2),
+        # CPU time of the whole process over training: ~2x train_seconds on an idle 2-core
+        # machine; when train_seconds is much larger, the machine was busy with other work.
+        "cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "examples_per_second": round(steps_done * s.batch_size / max(train_seconds, 1e-9), 1),
+        "loss_first": loss_first,
+        "loss_final": float(np.mean(losses[-k:])) if losses else None,
+        "loss_curve": [round(float(np.mean(losses[i:i + k])), 5)
+                       for i in range(0, len(losses), k)],
+        "n_parameters": n_params,
+        "vocab_size": len(tokenizer),
+        "n_train_pairs": len(data),
+        "n_train_images": len(set(data.image_index.tolist())),
+        "threads": torch.get_num_threads(),
+    }
+    return model, processor, info
+
+
+def train_toy_vqa(
+    corpus_dir: PathLike,
+    out_dir: PathLike,
+    metrics_path: PathLike | None = None,
+    *,
+    settings: ToyVqaSettings | None = None,
+    log: LogFn | PathLike | None = None,
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Train, save (``save_pretrained`` model + processor into ``out_dir``, atomically), reload
+    through :func:`load_blip_vqa`, evaluate on the held-out split, write ``metrics_path``.
+
+    ``log``: a callable taking one line, or a log file path (lines are appended). Returns the
+    metrics dict.
+    """
+    from qaclims.store import write_json
+    from qaclims.vlp.toy_models import save_toy_blip_vqa
+
+    s = settings or ToyVqaSettings()
+    logger = log if callable(log) else TrainLog(log)
+    try:
+        t0 = time.perf_counter()
+        corpus = load_corpus(corpus_dir)
+        logger(f"corpus {corpus_dir}: {corpus.images.shape[0]} images of {corpus.size} px, "
+               f"{len(corpus.qa):,} QA rows")
+        model, processor, info = fit_toy_vqa(corpus, s, log=logger)
+        save_toy_blip_vqa(model, processor, out_dir)
+        logger(f"saved to {out_dir} ({directory_bytes(out_dir):,} bytes)")
+        metrics: dict[str, Any] = {
+            "model": "toy_blip_vqa",
+            "settings": s.to_dict(),
+            "corpus": str(corpus_dir),
+            "training": info,
+            "model_bytes": directory_bytes(out_dir),
+        }
+        if evaluate:
+            q = evaluate_vqa(out_dir, corpus, split=s.eval_split,
+                             max_questions=s.eval_max_questions, seed=s.seed,
+                             batch_size=s.eval_batch_size, num_beams=s.num_beams,
+                             max_length=s.max_length, min_length=s.min_length, log_fn=logger)
+            metrics["quality"] = q
+            logger(f"held-out exact match {q['exact_match']:.4f} on {q['n_questions']} questions;"
+                   f" per group " + ", ".join(f"{g} {v:.3f}" for g, v in q["per_group"].items()))
+        metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
+        if metrics_path is not None:
+            write_json(metrics, metrics_path)
+        return metrics
+    finally:
+        if isinstance(logger, TrainLog):
+            logger.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m qaclims.vlp.train_toy_vqa CORPUS OUT_DIR METRICS [--set key=value ...]``."""
+    import argparse
+    import json
+
+    # Under oversubscription (other jobs on the same cores), OpenMP's default spin-waiting makes
+    # multi-threaded torch many times slower; passive waiting changes no result, only speed.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("corpus_dir")
+    p.add_argument("out_dir")
+    p.add_argument("metrics")
+    p.add_argument("--log", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ToyVqaSettings field (value parsed as JSON when possible)")
+    a = p.parse_args(argv)
+    over: dict[str, Any] = {}
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        try:
+            over[k] = json.loads(v)
+        except json.JSONDecodeError:
+            over[k] = v
+    log: Any = a.log if a.log else print
+    m = train_toy_vqa(a.corpus_dir, a.out_dir, a.metrics, settings=ToyVqaSettings.from_dict(over),
+                      log=log)
+    print(json.dumps({k: m[k] for k in ("training", "quality") if k in m}, indent=1)[:4000])
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["ToyVqaSettings", "corpus_words", "fit_toy_vqa", "train_toy_vqa"]

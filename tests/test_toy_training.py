@@ -1,0 +1,258 @@
+"""Toy VLP training: tiny corpus from the real generator, a few dozen steps per model.
+
+Checks what the pipeline relies on: the loss goes down, the saved models load through the real
+loaders (load_blip_vqa, load_clip) and answer / encode, reruns with the same seed give identical
+weights, and the metrics JSON has its keys. Runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qaclims.data.synthetic import VlpCorpusSpec, generate_vlp_corpus
+from qaclims.vlp.toy_quality import (
+    VQA_GROUPS,
+    load_corpus,
+    lr_at,
+    normalise_answer,
+    prompt,
+    region_vocabulary,
+)
+from qaclims.vlp.train_toy_clip import (
+    ToyClipSettings,
+    batch_counts,
+    fit_toy_clip,
+    multi_positive_loss,
+    object_positive_texts,
+    train_toy_clip,
+)
+from qaclims.vlp.train_toy_vqa import (
+    ToyVqaSettings,
+    corpus_words,
+    fit_toy_vqa,
+    train_toy_vqa,
+    vqa_loss,
+)
+
+TINY_VQA = dict(image_size=32, patch_size=8, hidden=32, layers=1, heads=2, batch_size=32,
+                lr=5e-3, warmup_steps=3, max_steps=40, log_every=10, eval_max_questions=48,
+                eval_batch_size=64, threads=1)
+TINY_CLIP = dict(image_size=32, patch_size=8, width=32, layers=1, text_layers=1, heads=2,
+                 embed_dim=16, context_length=16, batch_size=48, lr=3e-3, warmup_steps=3,
+                 max_steps=30, log_every=10, threads=1, mix_background=0.2)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vlp") / "corpus"
+    generate_vlp_corpus(root, VlpCorpusSpec(n_images=80, image_size=32, heldout_fraction=0.2,
+                                            render_min_size=64, render_max_size=64))
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir):
+    return load_corpus(corpus_dir)
+
+
+# ------------------------------------------------------------------------------- small pieces
+
+
+def test_settings_from_dict_rejects_unknown_keys():
+    assert ToyVqaSettings.from_dict({"max_steps": 5}).max_steps == 5
+    assert ToyClipSettings.from_dict({"object_texts": ["class"]}).object_texts == ("class",)
+    with pytest.raises(ValueError, match="unknown toy VQA setting"):
+        ToyVqaSettings.from_dict({"max_stepz": 5})
+    with pytest.raises(ValueError, match="unknown toy CLIP setting"):
+        ToyClipSettings.from_dict({"lr_max": 1.0})
+    with pytest.raises(ValueError, match="object_texts"):
+        ToyClipSettings.from_dict({"object_texts": ["alias"]})
+
+
+def test_lr_schedule_warmup_and_decay():
+    kw = dict(base_lr=1.0, warmup_steps=10, total_steps=110)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.5)
+    assert lr_at(109, **kw) < 0.01
+    assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        lr_at(5, schedule="poly", **kw)
+
+
+def test_batch_counts_follow_the_mix():
+    c = batch_counts(100, {"image": 0.2, "object": 0.5, "context": 0.3},
+                     {"image": 5, "object": 5, "context": 5})
+    assert c == {"image": 20, "object": 50, "context": 30}
+    c = batch_counts(7, {"image": 1, "object": 1, "context": 0}, {"image": 5, "object": 0})
+    assert c == {"image": 7}
+
+
+def test_multi_positive_loss_treats_duplicates_as_positives():
+    # Two images share one text, a third has its own: deduplicated texts, no false negatives.
+    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]), dim=1)
+    txt = torch.nn.functional.normalize(torch.tensor([[1.0, 0.05], [0.0, 1.0]]), dim=1)
+    pos = torch.tensor([[True, False], [True, False], [False, True]])
+    loss = multi_positive_loss(img, txt, pos, torch.tensor(10.0))
+    logits = 10.0 * img @ txt.T
+    li = -torch.log_softmax(logits, 1)[[0, 1, 2], [0, 0, 1]].mean()
+    lt_rows = torch.log_softmax(logits.T, 1)
+    lt = -0.5 * ((lt_rows[0, 0] + lt_rows[0, 1]) / 2 + lt_rows[1, 2])
+    assert loss.item() == pytest.approx(0.5 * (li + lt).item(), rel=1e-5)
+    # A second positive text of an image pulls it as well (mean over positives).
+    pos2 = torch.tensor([[True, True], [True, False], [False, True]])
+    assert multi_positive_loss(img, txt, pos2, torch.tensor(10.0)) > loss
+
+
+def test_corpus_texts_and_prompts(corpus):
+    classes, subtypes, contexts = region_vocabulary(corpus)
+    assert classes and subtypes and contexts
+    assert prompt("water") == "a photo of water."
+    assert prompt("a photo of boat.") == "a photo of boat."
+    assert normalise_answer("  Sail  Boat ") == "sail boat"
+    obj = corpus.region_rows("train", "object").head(5)
+    texts = object_positive_texts(corpus, obj, ("class", "subtype", "fg"), "a photo of {}.")
+    for (_, row), t in zip(obj.iterrows(), texts, strict=True):
+        assert f"a photo of {row['class_name']}." in t
+        assert f"a photo of {row['subtype']}." in t
+        assert len(t) == len(set(t))
+
+
+# ------------------------------------------------------------------------------- VQA
+
+
+def test_toy_vqa_trains_saves_loads_and_reports(corpus_dir, tmp_path):
+    from qaclims.vlp.blip import load_blip_vqa
+
+    out, metrics_path, log_path = tmp_path / "vqa", tmp_path / "vqa.json", tmp_path / "vqa.log"
+    m = train_toy_vqa(corpus_dir, out, metrics_path, settings=ToyVqaSettings(**TINY_VQA),
+                      log=log_path)
+    t = m["training"]
+    assert t["steps"] == 40 and t["stopped_by"] == "steps"
+    assert t["loss_final"] < 0.7 * t["loss_first"]
+    saved = json.loads(metrics_path.read_text())
+    for key in ("settings", "training", "quality", "model_bytes", "total_seconds"):
+        assert key in saved
+    for key in ("train_seconds", "cpu_seconds", "n_parameters", "examples_per_second"):
+        assert key in saved["training"]
+    q = saved["quality"]
+    assert 0.0 <= q["exact_match"] <= 1.0 and q["n_questions"] == 48
+    assert set(q["per_group"]) <= set(VQA_GROUPS)
+    assert saved["model_bytes"] > 0 and (out / "config.json").is_file()
+    assert "step 40/40" in log_path.read_text()
+
+    vqa = load_blip_vqa(out)
+    corpus = load_corpus(corpus_dir)
+    qa = corpus.qa_rows("heldout").head(2)
+    from qaclims.vlp.toy_quality import normalise_batch
+
+    x = normalise_batch(corpus.images[qa["index"].to_numpy()], vqa.mean, vqa.std)
+    answers = vqa.answer(x, qa["question"].tolist())
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_grouped_vqa_loss_is_the_models_own_loss(corpus, tmp_path):
+    from qaclims.vlp.toy_models import (
+        blip_training_batch,
+        build_corpus_bert_tokenizer,
+        build_toy_blip_vqa,
+    )
+
+    tok = build_corpus_bert_tokenizer(corpus_words(corpus), tmp_path)
+    model, _ = build_toy_blip_vqa(tok, image_size=32, patch_size=8, hidden=32, layers=1, heads=2,
+                                  seed=0)
+    model.eval()
+    qa = corpus.qa_rows("train").head(6)
+    batch = blip_training_batch(tok, qa["question"].tolist(), qa["answer"].tolist())
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    slots = torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.no_grad():
+        grouped = vqa_loss(model, pixels, slots, batch)
+        plain = model(pixel_values=pixels[slots], **batch).loss
+    assert grouped.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_toy_vqa_is_deterministic(corpus):
+    s = ToyVqaSettings(**dict(TINY_VQA, max_steps=4))
+    a, _, _ = fit_toy_vqa(corpus, s, log=lambda _: None)
+    b, _, _ = fit_toy_vqa(corpus, s, log=lambda _: None)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c, _, _ = fit_toy_vqa(corpus, ToyVqaSettings(**dict(TINY_VQA, max_steps=4, seed=1)),
+                          log=lambda _: None)
+    assert not all(torch.equal(sa[k], c.state_dict()[k]) for k in sa)
+
+
+def test_time_guard_stops_training(corpus):
+    _, _, info = fit_toy_vqa(corpus, ToyVqaSettings(**dict(TINY_VQA, max_minutes=0.0)),
+                             log=lambda _: None)
+    assert info["stopped_by"] == "time" and info["steps"] == 0
+
+
+# ------------------------------------------------------------------------------- CLIP
+
+
+def test_toy_clip_trains_saves_loads_and_reports(corpus_dir, tmp_path):
+    from qaclims.vlp.clip import load_clip
+
+    out, metrics_path = tmp_path / "clip", tmp_path / "clip.json"
+    m = train_toy_clip(corpus_dir, out, metrics_path, settings=ToyClipSettings(**TINY_CLIP),
+                       log=tmp_path / "clip.log")
+    t = m["training"]
+    assert t["steps"] == 30 and t["stopped_by"] == "steps"
+    assert t["loss_final"] < 0.8 * t["loss_first"]
+    saved = json.loads(metrics_path.read_text())
+    q = saved["quality"]
+    for key in ("object_class_accuracy", "context_accuracy", "object_vs_context",
+                "object_subtype_accuracy"):
+        assert 0.0 <= q[key] <= 1.0
+    assert saved["model_bytes"] > 0
+
+    files = saved["files"]
+    model = load_clip(files["arch"], None, mask_checkpoint=files["mask_checkpoint"])
+    assert model.has_mask_prompt and model.image_size == 32
+    x = torch.zeros(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:16, 8:16] = 1
+    f = model.encode_image(x, mask)
+    g = model.encode_text(["a photo of boat.", "a photo of water."])
+    assert f.shape == (2, 16) and g.shape == (2, 16)
+    assert torch.isfinite(f).all() and torch.isfinite(g).all()
+    assert model.tokenizer.eot_id == model.tokenizer.vocab_size - 1
+
+
+def test_toy_clip_is_deterministic(corpus):
+    s = ToyClipSettings(**dict(TINY_CLIP, max_steps=4))
+    a, _ = fit_toy_clip(corpus, s, log=lambda _: None)
+    b, _ = fit_toy_clip(corpus, s, log=lambda _: None)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not math.isnan(float(np.mean([v.float().mean() for v in sa.values()])))
+
+
+# ------------------------------------------------------------------------------- backbone
+
+
+def test_toy_backbone_saves_a_headless_torchvision_state_dict(corpus_dir, tmp_path):
+    from qaclims.vlp.backbones import load_resnet
+    from qaclims.vlp.train_toy_backbone import ToyBackboneSettings, train_toy_backbone
+
+    out, metrics_path = tmp_path / "resnet18_toy.pth", tmp_path / "backbone.json"
+    s = ToyBackboneSettings(image_size=32, batch_size=8, max_steps=3, warmup_steps=1,
+                            log_every=1, threads=1, eval_max_images=16)
+    m = train_toy_backbone(corpus_dir, out, metrics_path, settings=s, log=lambda _: None)
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    assert state and not any(k.startswith("fc.") for k in state)
+    model = load_resnet("resnet18", out)  # the stages' loader accepts it like ImageNet weights
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])
+    saved = json.loads(metrics_path.read_text())
+    assert saved["training"]["steps"] == 3 and 0.0 <= saved["quality"]["mAP"] <= 1.0
+    assert m["quality"]["n_images"] == 16

@@ -120,3 +120,13 @@ def test_toy_schema_matches_training_settings(key, module, cls) -> None:
     for name, default in fields.items():
         expected = list(default) if isinstance(default, tuple) else default
         assert props[name]["default"] == expected, name
+
+
+def test_key_order_and_spelled_out_defaults_do_not_change_the_config() -> None:
+    """Rule params compare by text: the same values must give the same filled config."""
+    base = {"dataset": {"name": "x", "source": "synthetic", "root": "r"}}
+    spelled = {"dataset": {"root": "r", "source": "synthetic", "name": "x",
+                           "synthetic": {"n_val": 250, "seed": 0}},
+               "models": {"toy": {"clip": {"max_minutes": 15.0, "lr": 0.002}}}}
+    a, b = validate_config(base, base=ROOT), validate_config(spelled, base=ROOT)
+    assert a == b and repr(a) == repr(b)

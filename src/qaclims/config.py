@@ -65,6 +65,21 @@ def _fill(node: Any, schema: Mapping[str, Any]) -> None:
                 _fill(value, extra)
 
 
+def canonical_order(node: Any, schema: Mapping[str, Any]) -> Any:
+    """Mappings rebuilt in schema property order (then other keys sorted), recursively.
+
+    Rule params are compared by their text: without this, writing out a default in the config
+    (or reordering keys) would look like a change and rerun a rule whose inputs did not change.
+    """
+    if not isinstance(node, dict):
+        return node
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    keys = [k for k in props if k in node] + sorted(k for k in node if k not in props)
+    return {k: canonical_order(node[k], props.get(k, extra if isinstance(extra, Mapping) else {}))
+            for k in keys}
+
+
 def _dotted(path: Any) -> str:
     parts = [str(p) for p in path]
     return ".".join(parts) if parts else "<root>"
@@ -97,7 +112,7 @@ def validate(instance: dict[str, Any], schema: Mapping[str, Any], what: str = "c
         Draft202012Validator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
     )
     if not errors:
-        return filled
+        return canonical_order(filled, schema)
     lines = []
     for err in errors:
         if err.validator == "additionalProperties":

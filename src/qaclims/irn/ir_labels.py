@@ -104,9 +104,12 @@ def crf_inference_label(image: np.ndarray, labels: np.ndarray, n_labels: int,
                               zero_unsure=False)
     d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     d.addPairwiseGaussian(sxy=crf.gaussian_sxy, compat=crf.gaussian_compat)
-    # pydensecrf reads the image buffer directly: it must be C-contiguous uint8 [H, W, 3]
-    d.addPairwiseBilateral(sxy=crf.bilateral_sxy, srgb=crf.bilateral_srgb,
-                           rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+    # pydensecrf reads the image buffer directly: it must be C-contiguous uint8 [H, W, 3], and
+    # writeable (its typed memoryview rejects a read-only buffer, e.g. np.asarray of a PIL image)
+    rgb = np.ascontiguousarray(image, dtype=np.uint8)
+    if not rgb.flags.writeable:
+        rgb = rgb.copy()
+    d.addPairwiseBilateral(sxy=crf.bilateral_sxy, srgb=crf.bilateral_srgb, rgbim=rgb,
                            compat=crf.bilateral_compat)
     q = np.asarray(d.inference(int(crf.t)), dtype=np.float32)
     return np.argmax(q.reshape(n_labels, h, w), axis=0)

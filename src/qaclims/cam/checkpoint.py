@@ -1,0 +1,219 @@
+"""Model checkpoints, resumable training state and loss curves (shared by every training stage).
+
+Model files (the declared outputs of the training rules) are ``torch.save`` dicts
+``{"state_dict", "arch", "n_classes", "stage", "meta"}`` written atomically.
+:func:`load_model_state` also reads the authors' plain state dicts (``res50_cam.pth``,
+``res50_qa_clims.pth``), inferring the ResNet depth from the keys.
+
+Resumable state lives *outside* the declared outputs, in ``<resume_root>/<hash>/state.pt``, where
+``hash`` is :func:`params_hash` of the settings and the input files' SHA-256. A rerun with the same
+params and inputs (after preemption, a kill, a node failure) continues from the last saved step;
+a change of any param or input gives another hash, so a stale state is never resumed. Writes are
+atomic (temp file + rename): a job killed while saving leaves the previous state intact.
+``params.json`` beside the state records what the hash stands for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from qaclims.store import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+STATE_FILE = "state.pt"
+PARAMS_FILE = "params.json"
+HASH_LEN = 16
+
+
+# ---------------------------------------------------------------------------- params hash
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, list | tuple):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return obj.item()
+    return obj
+
+
+def params_hash(params: Mapping[str, Any], files: Iterable[PathLike] = ()) -> str:
+    """Hex digest (16 chars) of the canonical JSON of ``params`` plus the SHA-256 of ``files``.
+
+    File *contents* count, not their paths or times: a retrained baseline (new bytes) gives a
+    new hash, a copied workspace the same one.
+    """
+    from qaclims.vlp.weights import file_sha256
+
+    payload = {"params": _canonical(dict(params)),
+               "files": sorted(file_sha256(f) for f in files)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
+
+
+class ResumeState:
+    """The resumable state of one training run: ``<root>/<params_hash>/state.pt``."""
+
+    def __init__(self, root: PathLike, params: Mapping[str, Any],
+                 files: Sequence[PathLike] = ()) -> None:
+        self.hash = params_hash(params, files)
+        self.dir = Path(root) / self.hash
+        self.path = self.dir / STATE_FILE
+        self._params = {"params": _canonical(dict(params)), "files": [str(f) for f in files]}
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state (``torch.load``, on CPU), or None when there is none yet."""
+        if not self.path.is_file():
+            return None
+        import torch
+
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        log.info("resuming from %s (step %s)", self.path, state.get("step"))
+        return state
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Write atomically (the previous state stays valid until the rename)."""
+        import torch
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / PARAMS_FILE).is_file():
+            write_json(self._params, self.dir / PARAMS_FILE)
+        with atomic_path(self.path) as tmp:
+            torch.save(dict(state), tmp)
+
+    def clear(self) -> None:
+        """Remove this run's state (after its outputs are written): checkpoints are large."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- model files
+
+
+def save_model(path: PathLike, state_dict: Mapping[str, Any], *, arch: str, n_classes: int,
+               stage: str, meta: Mapping[str, Any] | None = None) -> None:
+    """Write a model file atomically (tensors moved to CPU)."""
+    import torch
+
+    sd = {k: v.detach().cpu() for k, v in state_dict.items()}
+    payload = {"state_dict": sd, "arch": arch, "n_classes": int(n_classes), "stage": stage,
+               "meta": dict(meta or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def infer_arch(state: Mapping[str, Any]) -> str:
+    """ResNet depth of a CAM-network state dict from its keys (layer3 blocks, block type)."""
+    blocks = {int(k.split(".")[2]) for k in state if k.startswith("stage3.0.")}
+    if not blocks:
+        raise ValueError("not a CAM network state dict: no stage3.0.* keys")
+    n = max(blocks) + 1
+    bottleneck = any(k.startswith("stage3.0.0.conv3.") for k in state)
+    table = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
+             (True, 23): "resnet101"}
+    if (bottleneck, n) not in table:
+        raise ValueError(f"unknown ResNet layout: {n} layer3 blocks, bottleneck={bottleneck}")
+    return table[(bottleneck, n)]
+
+
+def load_model_state(path: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state_dict, info)`` of a model file; ``info`` has arch, n_classes, stage, meta.
+
+    Accepts this project's files and the authors' plain state dicts (their alias keys and
+    ``module.`` prefixes are dropped).
+    """
+    import torch
+
+    from qaclims.cam.networks import from_authors_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, Mapping) and "state_dict" in obj and "arch" in obj:
+        sd = dict(obj["state_dict"])
+        info = {"arch": obj["arch"], "n_classes": int(obj["n_classes"]),
+                "stage": obj.get("stage", ""), "meta": dict(obj.get("meta", {}))}
+    elif isinstance(obj, Mapping):
+        sd = from_authors_state_dict(obj)
+        if "classifier.weight" not in sd:
+            raise ValueError(f"{path}: neither a qaclims model file nor a CAM state dict "
+                             f"(no classifier.weight)")
+        info = {"arch": infer_arch(sd), "n_classes": int(sd["classifier.weight"].shape[0]),
+                "stage": "external", "meta": {}}
+    else:
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return sd, info
+
+
+def build_cam_network(kind: str, arch: str, n_classes: int):
+    """A randomly initialised ``CamNet`` (kind "cam") or ``RitcNet`` (kind "ritc")."""
+    import torchvision
+
+    from qaclims.cam.networks import CamNet, RitcNet
+    from qaclims.vlp.backbones import IMAGENET_FILES
+
+    if arch not in IMAGENET_FILES:
+        raise ValueError(f"unknown ResNet arch {arch!r}; one of {sorted(IMAGENET_FILES)}")
+    cls = {"cam": CamNet, "ritc": RitcNet}[kind]
+    # a shell: the weights come from the checkpoint loaded next
+    resnet = getattr(torchvision.models, arch)(weights=None)
+    return cls(resnet, n_classes)
+
+
+def load_cam_network(path: PathLike, kind: str = "ritc", n_classes: int | None = None):
+    """The network in a model file, loaded strictly. ``n_classes`` (when given) must match."""
+    sd, info = load_model_state(path)
+    if n_classes is not None and info["n_classes"] != n_classes:
+        raise ValueError(f"{path}: model has {info['n_classes']} classes, the dataset "
+                         f"{n_classes}")
+    net = build_cam_network(kind, info["arch"], info["n_classes"])
+    net.load_state_dict(sd, strict=True)
+    return net, info
+
+
+# ---------------------------------------------------------------------------- loss curves
+
+
+def write_curve_tsv(rows: Sequence[Mapping[str, Any]], path: PathLike) -> None:
+    """The loss curve (one row per step) as TSV, columns in first-seen order, atomically."""
+    columns: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in columns:
+                columns.append(k)
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return str(v)
+
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(fmt(r.get(c)) for c in columns) for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def read_curve_tsv(path: PathLike) -> list[dict[str, float]]:
+    """Rows of a curve written by :func:`write_curve_tsv` (numbers as float)."""
+    text = Path(path).read_text().splitlines()
+    header = text[0].split("\t")
+    out = []
+    for line in text[1:]:
+        vals = line.split("\t")
+        out.append({h: (float(v) if v != "" else float("nan")) for h, v in zip(header, vals,
+                                                                              strict=True)})
+    return out

@@ -1,0 +1,131 @@
+# CAM stage: the baseline CAM network (train_cam), RITC training per experiment (train_ritc),
+# multi-scale CAM export per shard (export_cams) and the background-threshold search on the split
+# with ground truth (search_threshold). The baseline is the experiment named "baseline": its CAMs
+# come from train_cam directly, every other experiment's from its own train_ritc.
+#
+#   results/{dataset}/baseline/cam/model.pth        results/{dataset}/{experiment}/ritc/model.pth
+#   results/{dataset}/{experiment}/cams/{shard}.h5  results/{dataset}/{experiment}/cam_eval/...
+#
+# Resumable training state lives outside the declared outputs, in
+# results/{dataset}/{experiment}/_resume/<stage>/<params hash>/ (removed once the model is written).
+
+
+include: "cam_common.smk"
+
+
+rule train_cam:
+    input:
+        manifest=data_path("manifest.parquet"),
+        classes=data_path("classes.json"),
+        backbone=cam_backbone_input,
+    output:
+        model=experiment_path(BASELINE, "cam/model.pth"),
+        curve=experiment_path(BASELINE, "cam/loss_curve.tsv"),
+    params:
+        settings=train_cam_settings(),
+        split=DATASET["splits"]["train"],
+        resume_root=experiment_path(BASELINE, "_resume/train_cam"),
+        device=COMPUTE["device"],
+        world_size=world_size_of("train_cam"),
+    log:
+        f"{LOGS}/train_cam.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_cam.tsv"
+    conda:
+        CONDA_ENV
+    threads: CAM["train_cam"].get("threads") or 2
+    resources:
+        mem_mb=16000,
+        runtime="8h",
+        gpu=gpus_for("train_cam"),
+    script:
+        "../scripts/train_cam.py"
+
+
+rule train_ritc:
+    input:
+        unpack(experiment_texts),
+        manifest=data_path("manifest.parquet"),
+        classes=data_path("classes.json"),
+        init=experiment_path(BASELINE, "cam/model.pth"),
+        clip=clip_model_input,
+    output:
+        model=experiment_path("{experiment}", "ritc/model.pth"),
+        curve=experiment_path("{experiment}", "ritc/loss_curve.tsv"),
+    wildcard_constraints:
+        experiment=_RITC_RE,
+    params:
+        settings=lambda wc: ritc_settings_of(wc.experiment),
+        clip=clip_model_settings(),
+        split=DATASET["splits"]["train"],
+        resume_root=lambda wc: experiment_path(wc.experiment, "_resume/train_ritc"),
+        device=COMPUTE["device"],
+        world_size=world_size_of("train_ritc"),
+    log:
+        f"{LOGS}/{{experiment}}/train_ritc.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/train_ritc.tsv"
+    conda:
+        CONDA_ENV
+    threads: CAM["ritc"].get("threads") or 2
+    resources:
+        mem_mb=32000,
+        runtime="12h",
+        gpu=gpus_for("train_ritc"),
+    script:
+        "../scripts/train_ritc.py"
+
+
+rule export_cams:
+    input:
+        manifest=data_path("manifest.parquet"),
+        classes=data_path("classes.json"),
+        model=cam_model,
+    output:
+        cams=experiment_path("{experiment}", "cams/{shard}.h5"),
+    wildcard_constraints:
+        experiment=_EXPERIMENT_RE,
+    params:
+        settings=CAM["export"],
+        splits=cam_export_splits(),
+        shard="{shard}",
+        n_shards=QAPE["n_shards"],
+        device=COMPUTE["device"],
+    log:
+        f"{LOGS}/{{experiment}}/export_cams/{{shard}}.log",
+    conda:
+        CONDA_ENV
+    threads: CAM["export"].get("threads") or 2
+    resources:
+        mem_mb=8000,
+        runtime="4h",
+        gpu=gpus_for("export_cams"),
+    script:
+        "../scripts/export_cams.py"
+
+
+rule search_threshold:
+    input:
+        cams=lambda wc: expand(experiment_path(wc.experiment, "cams/{shard}.h5"), shard=SHARDS),
+        manifest=data_path("manifest.parquet"),
+        classes=data_path("classes.json"),
+    output:
+        threshold=experiment_path("{experiment}", "cam_eval/threshold.json"),
+        plot=experiment_path("{experiment}", "cam_eval/threshold.png"),
+    wildcard_constraints:
+        experiment=_EXPERIMENT_RE,
+    params:
+        settings=CAM["threshold"],
+        split=DATASET["splits"]["cam_eval"],
+        title=lambda wc: f"{DATASET['name']} / {wc.experiment}: CAM mIoU on "
+        f"{DATASET['splits']['cam_eval']}",
+    log:
+        f"{LOGS}/{{experiment}}/search_threshold.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime="1h",
+    script:
+        "../scripts/search_threshold.py"

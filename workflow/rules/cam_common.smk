@@ -1,0 +1,70 @@
+# Helpers of the CAM stage (cam.smk includes this file; they may move into common.smk).
+import re
+
+CAM = config["cam"]
+# An experiment: {"ritc": {RitcSettings overrides}, "corpus": {QAPE corpus overrides}}; one
+# without a "corpus" key shares the dataset's corpus and text features.
+EXPERIMENTS = config.get("experiments") or {"qa_clims": {}}
+BASELINE = "baseline"
+CAM_EXPERIMENTS = [BASELINE, *EXPERIMENTS]
+_EXPERIMENT_RE = "|".join(re.escape(e) for e in CAM_EXPERIMENTS)
+_RITC_RE = "|".join(re.escape(e) for e in EXPERIMENTS)
+
+
+def experiment_path(experiment, name):
+    return f"{RESULTS}/{experiment}/{name}"
+
+
+def cam_backbone_weights():
+    """What load_resnet gets: "imagenet", a local file, the toy backbone, or None (random)."""
+    weights = CAM["train_cam"].get("weights", "imagenet")
+    if weights == "toy":
+        return f"{TOY}/backbone/{CAM['train_cam'].get('arch', 'resnet50')}.pth"
+    return weights
+
+
+def cam_backbone_input(wildcards):
+    w = cam_backbone_weights()
+    return [] if w in (None, "imagenet") else weights_input([w])
+
+
+def train_cam_settings():
+    return {**CAM["train_cam"], "weights": cam_backbone_weights()}
+
+
+def ritc_settings_of(experiment):
+    """cam.ritc with the experiment's overrides, validated (unknown keys fail at parse time)."""
+    from qaclims.cam.settings import ritc_settings
+
+    overrides = EXPERIMENTS[experiment].get("ritc", {}) if EXPERIMENTS[experiment] else {}
+    return ritc_settings(CAM["ritc"], overrides, experiment=experiment).to_dict()
+
+
+def experiment_texts(wildcards):
+    """corpus.parquet and text_features.h5 an experiment trains with."""
+    if (EXPERIMENTS[wildcards.experiment] or {}).get("corpus"):
+        return {"corpus": experiment_path(wildcards.experiment, "qape/corpus.parquet"),
+                "text_features": experiment_path(wildcards.experiment, "qape/text_features.h5")}
+    return {"corpus": qape_path("corpus.parquet"), "text_features": qape_path("text_features.h5")}
+
+
+def cam_model(wildcards):
+    if wildcards.experiment == BASELINE:
+        return experiment_path(BASELINE, "cam/model.pth")
+    return experiment_path(wildcards.experiment, "ritc/model.pth")
+
+
+def cam_export_splits():
+    """CAMs are needed for the training split (IRN) and the evaluation split (this stage)."""
+    splits = DATASET["splits"]
+    return sorted({splits["train"], splits["cam_eval"]})
+
+
+def world_size_of(rule_name):
+    """DDP ranks of a training rule: its GPUs (1 without GPUs)."""
+    return max(1, gpus_for(rule_name))
+
+
+def cam_targets():
+    """threshold.json of the baseline and of every experiment."""
+    return [experiment_path(e, "cam_eval/threshold.json") for e in CAM_EXPERIMENTS]

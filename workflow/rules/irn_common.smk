@@ -1,0 +1,53 @@
+# Helpers of the IRN stage (irn.smk includes this file; they may move into common.smk).
+from qaclims.irn.settings import irn_settings
+
+IRN = config.get("irn") or {}
+# Validated when the workflow is parsed: a wrong key or value fails before any job runs.
+IRN_LABELS, IRN_TRAIN, IRN_WALK = irn_settings(IRN)
+# Pool sizes change speed, not results: they set the rules' threads and stay out of params.
+_POOL_KEYS = ("workers",)
+
+
+def irn_path(experiment, name):
+    return experiment_path(experiment, f"irn/{name}")
+
+
+def irn_params(settings):
+    """A settings dict for params: the result-neutral pool size left out (no rerun on change)."""
+    return {k: v for k, v in settings.to_dict().items() if k not in _POOL_KEYS}
+
+
+def irn_backbone_weights():
+    """What load_resnet gets for the IRN backbone: "imagenet", a file, the toy backbone, None."""
+    if IRN_TRAIN.weights == "toy":
+        return f"{TOY}/backbone/{IRN_TRAIN.arch}.pth"
+    return IRN_TRAIN.weights
+
+
+def irn_backbone_input(wildcards):
+    w = irn_backbone_weights()
+    return [] if w in (None, "imagenet") else weights_input([w])
+
+
+def irn_train_settings():
+    return {**IRN_TRAIN.to_dict(), "weights": irn_backbone_weights()}
+
+
+def irn_splits():
+    """Images that get IR labels and pseudo masks: the training split and the evaluation split
+    (the splits whose CAMs cam.smk exports)."""
+    return cam_export_splits()
+
+
+def irn_shard_dirs(kind):
+    """Input function: the shard folders of one experiment's IR labels or pseudo masks."""
+    return lambda wc: [irn_path(wc.experiment, f"{kind}/{s}") for s in SHARDS]
+
+
+def irn_targets():
+    """The IR-label and pseudo-mask metrics of every experiment (baseline included)."""
+    return [
+        irn_path(e, f"metrics/{kind}.json")
+        for e in CAM_EXPERIMENTS
+        for kind in ("ir_labels", "pseudo_masks")
+    ]

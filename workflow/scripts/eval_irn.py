@@ -1,0 +1,22 @@
+"""Rules eval_ir_labels and eval_pseudo_masks: IR-label precision/coverage or pseudo-mask mIoU on
+the split with ground truth -> a metrics JSON (method.md 9.4). ``params.kind`` picks which.
+"""
+
+import logging
+
+import _srcpath  # noqa: F401  (puts src/ on sys.path)
+
+from qaclims.irn.pipeline import evaluate_ir_labels, evaluate_pseudo_masks
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
+                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+p = snakemake.params
+evaluate = {"ir_labels": evaluate_ir_labels, "pseudo_masks": evaluate_pseudo_masks}[p.kind]
+try:
+    out = evaluate(snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
+                   snakemake.output.metrics, split=p.split, settings=p.settings)
+    summary = {k: out.get(k) for k in ("split", "n_images", "miou", "fg_precision", "coverage")}
+    logging.info("%s %s: %s", p.kind, snakemake.wildcards.experiment, summary)
+except Exception:
+    logging.exception("eval %s failed", p.kind)
+    raise

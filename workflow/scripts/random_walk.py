@@ -1,0 +1,42 @@
+"""Rule random_walk: boundary maps of the trained IRN, random walk of the stride-4 CAMs and the
+pseudo masks of one shard of images -> a folder of VOC-palette PNGs (method.md 9.3).
+
+On CPU the walks run in single-thread worker processes, one per rule thread; on a GPU in this
+process.
+"""
+
+import logging
+import os
+
+import _srcpath  # noqa: F401  (puts src/ on sys.path)
+
+# Before torch starts OpenMP: spin-waiting threads make torch many times slower when other jobs
+# share the cores; passive waiting changes no result, only speed.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from qaclims.devices import pick_device
+from qaclims.irn.pipeline import random_walk_shard
+from qaclims.irn.settings import RandomWalkSettings
+
+
+def main() -> None:
+    logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = snakemake.params
+    try:
+        settings = RandomWalkSettings.from_dict(p.settings)
+        summary = random_walk_shard(
+            snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
+            snakemake.input.model, snakemake.output.masks, splits=p.splits, shard=p.shard,
+            n_shards=p.n_shards, settings=settings, device=pick_device(p.device),
+            workers=settings.workers or snakemake.threads,
+        )
+        logging.info("random_walk %s: %s", snakemake.wildcards.experiment, summary)
+    except Exception:
+        logging.exception("random_walk failed")
+        raise
+
+
+# The walk pool spawns processes that re-import this file: only the parent may run main().
+if __name__ == "__main__":
+    main()

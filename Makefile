@@ -8,6 +8,9 @@ CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# OpenMP busy-waiting made torch steps ~30x slower when other jobs share the cores; passive
+# waiting changes no result, only speed.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: demo test test-slurm lint venv clean-results
 

@@ -25,6 +25,8 @@ $(STAMP): envs/requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --printshellcmds
 	$(BIN)/python -m qaclims.summary results/synthetic --toy resources/weights/toy/demo
+	cat results/synthetic/summary/miou_table.md
+	$(SNAKEMAKE) --report results/synthetic/report.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

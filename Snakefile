@@ -18,13 +18,21 @@ if not workflow.config_settings.configfiles:
     configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/qape.smk"
+include: "workflow/rules/cam.smk"
+include: "workflow/rules/irn.smk"
+include: "workflow/rules/seg.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         final_targets(),
+        report_targets(),
     default_target: True

@@ -105,6 +105,7 @@ def test_inconsistent_sizes_are_named(default_config) -> None:
 @pytest.mark.parametrize(("key", "module", "cls"), [
     ("vqa", "qaclims.vlp.train_toy_vqa", "ToyVqaSettings"),
     ("clip", "qaclims.vlp.train_toy_clip", "ToyClipSettings"),
+    ("backbone", "qaclims.vlp.train_toy_backbone", "ToyBackboneSettings"),
 ])
 def test_toy_schema_matches_training_settings(key, module, cls) -> None:
     """The schema documents every toy-training knob with the same default the code uses."""
@@ -130,3 +131,40 @@ def test_key_order_and_spelled_out_defaults_do_not_change_the_config() -> None:
                "models": {"toy": {"clip": {"max_minutes": 15.0, "lr": 0.002}}}}
     a, b = validate_config(base, base=ROOT), validate_config(spelled, base=ROOT)
     assert a == b and repr(a) == repr(b)
+
+
+@pytest.mark.parametrize(("path", "module", "cls"), [
+    (("cam", "train_cam"), "qaclims.cam.settings", "CamTrainSettings"),
+    (("cam", "ritc"), "qaclims.cam.settings", "RitcSettings"),
+    (("cam", "export"), "qaclims.cam.settings", "ExportSettings"),
+    (("cam", "threshold"), "qaclims.cam.settings", "ThresholdSettings"),
+    (("irn", "ir_labels"), "qaclims.irn.settings", "IrLabelSettings"),
+    (("irn", "train"), "qaclims.irn.settings", "IrnTrainSettings"),
+    (("irn", "random_walk"), "qaclims.irn.settings", "RandomWalkSettings"),
+])
+def test_stage_schema_matches_settings(path, module, cls) -> None:
+    """Every CAM/IRN knob is in the schema with the code's default, and the filled config
+    section builds the settings object unchanged (defaults agree end to end)."""
+    import dataclasses
+    import importlib
+
+    settings = getattr(importlib.import_module(module), cls)
+    schema = load_yaml(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    props = schema["properties"][path[0]]["properties"][path[1]]["properties"]
+    fields = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+              for f in dataclasses.fields(settings)}
+    assert set(props) == set(fields)
+    filled = validate_config({"dataset": {"name": "x", "source": "synthetic", "root": "r"}},
+                             base=ROOT)[path[0]][path[1]]
+    assert settings.from_dict(filled) == settings()
+
+
+def test_bad_stage_values_are_named() -> None:
+    cfg = {"dataset": {"name": "x", "source": "synthetic", "root": "r"},
+           "cam": {"ritc": {"brc_variant": "papr"}}}
+    with pytest.raises(ConfigError, match="cam.ritc.brc_variant"):
+        validate_config(cfg, base=ROOT)
+    cfg = {"dataset": {"name": "x", "source": "synthetic", "root": "r"},
+           "experiments": {"mine": {"ritc": {"tua": 0.5}}}}
+    with pytest.raises(ConfigError, match="experiments.mine.ritc.tua"):
+        validate_config(cfg, base=ROOT)

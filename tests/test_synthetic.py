@@ -16,10 +16,11 @@ from qaclims.data.synthetic import (
     generate_segmentation_dataset,
     generate_vlp_corpus,
 )
-from qaclims.data.synthetic_scene import answer_margin, render_scene
+from qaclims.data.synthetic_scene import answer_margin, region_above, render_scene, side_neighbour
 from qaclims.data.synthetic_world import (
     CLASS_BY_NAME,
     CLASSES,
+    CONTEXT_BY_NAME,
     CONTEXT_ID,
     CONTEXTS,
     DEFAULT_QUESTIONS,
@@ -181,25 +182,143 @@ def test_regenerating_replaces_the_whole_tree(tmp_path, monkeypatch):
 
 
 # -- answers follow the geometry ----------------------------------------------------------------
-def test_above_and_under_answers_match_the_pixels():
-    enabled = list(CLASSES)
-    checked = 0
-    for i in range(40):
-        rng = np.random.default_rng([77, i])
+def _scenes(n: int, seed: int = 77, duplicates: bool = True):
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
         H, W = int(rng.integers(96, 161)), int(rng.integers(96, 161))
-        sc = render_scene(rng, H, W, enabled)
-        m = answer_margin(H, W)
+        yield render_scene(rng, H, W, list(CLASSES), duplicates=duplicates)
+
+
+def test_under_answers_match_the_pixels():
+    checked = 0
+    for sc in _scenes(40):
+        m = answer_margin(*sc.contexts.shape)
         for o in sc.objects:
             x0, y0, x1, y1 = o.box
             qa, qb = x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4
             under = sc.contexts[y1 + 1:y1 + 1 + m, qa:qb]
-            above = sc.contexts[y0 - m - 1:y0 - 1, qa:qb]
-            # 0 marks other objects/clutter; neither is allowed inside the strips.
+            # 0 marks other objects/clutter; neither is allowed inside the strip.
             assert (under == CONTEXT_ID_BY_TEXT[o.answers["bg_under"]]).all(), o.cls.name
-            assert (above == CONTEXT_ID_BY_TEXT[o.answers["bg_above"]]).all(), o.cls.name
             assert o.answers["bg_under"] == o.answers["bg_around"]
             checked += 1
     assert checked >= 40
+
+
+def test_above_answer_is_the_region_touching_the_drawn_top():
+    """Walking up from the object's highest pixels, the answer's region starts within the answer
+    margin (only slivers thinner than it come first) and is at least that tall there."""
+    checked = slivers = 0
+    for sc in _scenes(60):
+        H, W = sc.contexts.shape
+        m = answer_margin(H, W)
+        for k, o in enumerate(sc.objects, start=1):
+            x0, y0, x1, _ = o.bbox
+            assert (sc.instances[y0, x0:x1] == k).any() and not (sc.instances[:y0] == k).any()
+            want = CONTEXT_ID_BY_TEXT[o.answers["bg_above"]]
+            good = 0
+            cols = np.flatnonzero(sc.instances[y0, x0:x1] == k) + x0
+            for c in cols:
+                up = sc.contexts[:y0, c][::-1]  # the pixels above the top, nearest first
+                hits = np.flatnonzero(up == want)
+                if len(hits) == 0 or hits[0] >= m:
+                    continue
+                run = up[hits[0]:hits[0] + m]
+                good += bool((run == want).all() or hits[0] + len(run) == len(up))
+                slivers += bool(hits[0] > 0 and up[0] != 0)
+            assert good * 2 > len(cols), (o.cls.name, o.answers["bg_above"], o.bbox)
+            checked += 1
+    assert checked >= 60 and slivers > 0  # the seeds include thin slivers that were skipped
+
+
+def test_region_above_skips_slivers_and_clutter():
+    sky, grass = CONTEXT_ID["sky"], CONTEXT_ID["grass"]
+    ctx = np.full((20, 10), sky, np.uint8)
+    ctx[10:] = grass
+    inst = np.zeros((20, 10), np.uint8)
+    inst[12:18, 3:7] = 1  # drawn top at row 12: 2 rows of grass above it, then sky
+    bbox = (3, 12, 7, 18)
+    assert region_above(ctx, inst, 1, bbox, min_run=3) == sky
+    assert region_above(ctx, inst, 1, bbox, min_run=2) == grass
+    ctx[11, :] = 0  # clutter right above the object: not a region
+    assert region_above(ctx, inst, 1, bbox, min_run=2) == sky
+    inst[11, 5] = 1  # a single highest pixel (a mast): only its column counts
+    ctx[11, :] = grass
+    assert region_above(ctx, inst, 1, (3, 11, 7, 18), min_run=1) == grass
+
+
+def test_side_neighbour_is_the_nearest_thing_in_the_object_rows():
+    things = np.zeros((30, 60), np.int16)
+    things[10:20, 20:30] = 1  # the object asked about
+    things[12:18, 12:15] = 2  # left, gap 6
+    things[0:9, 31:40] = 3  # right but above the object's rows: not beside it
+    things[18:25, 36:38] = 4  # right, overlapping the bottom rows, gap 7
+    things[10:20, 55:58] = 5  # right, beyond one object width
+    bbox = (20, 10, 30, 20)
+    assert side_neighbour(things, 1, bbox, "left") == (6, 2)
+    assert side_neighbour(things, 1, bbox, "right") == (7, 4)
+    assert side_neighbour(things, 1, bbox, "right", window=0.5) is None
+    things[18:25, 36:38] = 0
+    assert side_neighbour(things, 1, bbox, "right", window=3.0) == (26, 5)
+    things[10:12, 14] = 6  # same nearest column as thing 2, fewer pixels there
+    assert side_neighbour(things, 1, bbox, "left") == (6, 2)
+
+
+def _thing_texts(sc) -> list[str]:
+    return ([o.cls.text for o in sc.objects]
+            + [CONTEXT_BY_NAME[e].text for e in sc.elements])
+
+
+def test_left_right_next_follow_the_pixels():
+    """Left/right name the nearest other object or side element drawn beside the object (its rows,
+    one object width away), else the object's own context; next to is the nearer of the two."""
+    counts = {"object": 0, "element": 0, "context": 0}
+    for sc in _scenes(80, seed=5, duplicates=False):
+        H, W = sc.contexts.shape
+        m = answer_margin(H, W)
+        n = len(sc.objects)
+        things = sc.instances.astype(np.int16)
+        assert sc.element_map is not None and sc.element_map.shape == (H, W)
+        el = sc.element_map >= 0
+        for e, kind in enumerate(sc.elements):  # element pixels are visible pixels of its kind
+            assert (sc.contexts[sc.element_map == e] == CONTEXT_ID[kind]).all()
+        things[el] = n + 1 + sc.element_map[el]
+        texts = _thing_texts(sc)
+        for k, o in enumerate(sc.objects, start=1):
+            x0, y0, x1, y1 = o.bbox
+            if o.cls.placement == "perch":
+                y1 += m  # a perched bird's rows reach into the canopy under it
+            w = x1 - x0
+            own = CONTEXT_BY_NAME[o.cls.context].text
+            found = {}
+            for side, strip in (("left", things[y0:y1, max(0, x0 - w):x0][:, ::-1]),
+                                ("right", things[y0:y1, x1:x1 + w])):
+                answer = o.answers[f"bg_{side}"]
+                cols = np.flatnonzero(((strip > 0) & (strip != k)).any(axis=0))
+                if len(cols) == 0:
+                    assert answer == own, (side, o.cls.name)
+                    counts["context"] += 1
+                    continue
+                first = strip[:, cols[0]]
+                near = {texts[t - 1] for t in first[(first > 0) & (first != k)].tolist()}
+                assert answer in near, (side, o.cls.name, answer, near)
+                found[side] = (int(cols[0]), answer)
+                if answer in {p.cls.text for p in sc.objects}:
+                    other = next(j for j, p in enumerate(sc.objects, 1) if p.cls.text == answer)
+                    ys, xs = np.nonzero(sc.instances == other)
+                    assert ys.min() < y1 and ys.max() >= y0  # shares rows with the object
+                    assert (xs.max() < x0) if side == "left" else (xs.min() >= x1)
+                    counts["object"] += 1
+                else:
+                    counts["element"] += 1
+            nxt = o.answers["bg_next"]
+            if not found:
+                assert nxt == own
+            else:
+                gap, text = min(found.values(), key=lambda g: g[0])
+                if len(found) == 2 and found["left"][0] == found["right"][0]:
+                    text = found["left"][1]
+                assert nxt == text, (o.cls.name, found, nxt)
+    assert min(counts.values()) >= 5, counts
 
 
 def test_answers_in_metadata_follow_the_tables(seg_root):

@@ -256,3 +256,19 @@ def test_toy_backbone_saves_a_headless_torchvision_state_dict(corpus_dir, tmp_pa
     saved = json.loads(metrics_path.read_text())
     assert saved["training"]["steps"] == 3 and 0.0 <= saved["quality"]["mAP"] <= 1.0
     assert m["quality"]["n_images"] == 16
+
+
+def test_loose_prompts_keep_the_pixels_masked(corpus) -> None:
+    """loose_prompt replaces a sample's mask prompt by all ones; its pixels stay masked (the
+    model must then find the region in the pixels, as RITC's gradient needs)."""
+    from qaclims.vlp.train_toy_clip import _assemble_batch, build_clip_data
+
+    s = ToyClipSettings(**TINY_CLIP)
+    data = build_clip_data(corpus, s)
+    picks = {"object": torch.arange(min(16, len(data.samples["object"])))}
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    x0, m0, _, _ = _assemble_batch(data, picks, torch.Generator().manual_seed(0), mean, std, 0.0)
+    x1, m1, _, _ = _assemble_batch(data, picks, torch.Generator().manual_seed(0), mean, std, 1.0)
+    assert torch.equal(x0, x1)                      # same masked pixels
+    assert bool((m1 == 1).all())                    # every prompt is the whole image
+    assert bool((m0 < 1).any()) and bool(((x0 != 0) <= (m0 > 0)).all())  # exact region prompts

@@ -1,12 +1,15 @@
 """End-to-end: the tiny config through Snakemake, in a scratch working directory."""
 
 import json
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from qaclims.data.manifest import read_classes
 
@@ -40,6 +43,68 @@ def test_tiny_run_produces_dataset_contract(tiny_run: Path) -> None:
     assert [c.id for c in classes] == list(range(1, len(classes) + 1))
     stats = json.loads((data / "stats.json").read_text())
     assert stats  # content checked by the data-stage unit tests
+
+
+@pytest.mark.slow
+def test_tiny_run_goes_through_cams_and_irn(tiny_run: Path) -> None:
+    """Baseline and full method each get CAMs, a threshold curve, IR labels and pseudo masks."""
+    from qaclims.cam.cam_store import CamStore
+    from qaclims.data.manifest import read_manifest, split_view
+
+    res = tiny_run / "results" / "tiny"
+    train_ids = set(split_view(read_manifest(res / "data" / "manifest.parquet"),
+                               "train_aug")["image_id"])
+    for exp in ("baseline", "qa_clims"):
+        thr = json.loads((res / exp / "cam_eval" / "threshold.json").read_text())
+        assert len(thr["thresholds"]) == len(thr["miou"]) > 50
+        assert 0.0 < thr["best_miou"] <= 1.0 and thr["best_miou"] == max(thr["miou"])
+        ids = set()
+        for shard in (res / exp / "cams").glob("*.h5"):
+            ids |= set(CamStore(shard).image_ids)
+        assert train_ids <= ids
+        masks = json.loads((res / exp / "irn" / "metrics" / "pseudo_masks.json").read_text())
+        assert 0.0 < masks["miou"] <= 1.0
+        n_png = sum(len(list(d.glob("*.png"))) for d in (res / exp / "irn" / "pseudo_masks")
+                    .iterdir() if d.is_dir())
+        assert n_png == masks["n_images"] > 0
+    table = (res / "summary" / "cam_miou.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in table[1:]] == ["baseline", "qa_clims"]
+
+
+@pytest.mark.slow
+def test_tiny_run_reaches_deeplab_and_the_tables(tiny_run: Path) -> None:
+    res = tiny_run / "results" / "tiny"
+    for exp in ("qa_clims", "gt"):
+        metrics = json.loads((res / exp / "deeplab" / "metrics.json").read_text())
+        assert 0.0 <= metrics["miou"] <= 1.0 and metrics["n_images"] == 8
+    table = pd.read_csv(res / "report" / "miou_table.tsv", sep="\t")
+    stages = set(zip(table.iloc[:, 0], table.iloc[:, 1], strict=True))
+    assert {("baseline", "CAM"), ("qa_clims", "Pseudo masks"), ("qa_clims", "DeepLab")} <= stages
+    assert "qa_clims" in (res / "summary" / "miou_table.md").read_text()
+
+
+@pytest.mark.slow
+def test_every_artifact_has_provenance(tiny_run: Path) -> None:
+    res = tiny_run / "results" / "tiny"
+    meta = json.loads((res / "data" / "manifest.parquet.meta.json").read_text())
+    assert meta["rule"] == "prepare_dataset" and len(meta["artifact"]["sha256"]) == 64
+    assert meta["packages"]["torch"]
+    shard = json.loads((res / "qa_clims" / "irn" / "pseudo_masks" / "0.meta.json").read_text())
+    assert shard["artifact"]["kind"] == "directory"
+    snap = yaml.safe_load((res / "config.snapshot.yaml").read_text())
+    assert snap["dataset"]["name"] == "tiny"
+
+
+@pytest.mark.slow
+def test_report_renders_with_its_figures(tiny_run: Path) -> None:
+    out = tiny_run / "report.zip"
+    snakemake(tiny_run, "--report", str(out))
+    with zipfile.ZipFile(out) as z:
+        names = {Path(n).name for n in z.namelist()}
+    expected = {"report.html", "miou_table.html", "class_iou.png", "threshold_curves.png",
+                "loss_curves.png", "qa_clims.png", "baseline.png", "top_answers.html",
+                "runtimes.png", "config.snapshot.yaml"}
+    assert expected <= names, sorted(expected - names)
 
 
 @pytest.mark.slow
@@ -101,3 +166,17 @@ def test_editing_one_template_asks_one_question_per_pair(tiny_run: Path) -> None
     answers = pd.concat(pd.read_parquet(p) for p in
                         (tiny_run / "results" / "tiny" / "qape" / "answers").glob("*.parquet"))
     assert (answers["question"].str.startswith("What else is this")).sum() == pairs
+
+
+def test_ablations_are_one_target_sharing_the_answers(tmp_path: Path) -> None:
+    """`snakemake ablations` plans every declared ablation; corpus overrides get their own
+    corpus and text features from the shared answers, never a VQA job of their own."""
+    proc = snakemake(tmp_path, "-n", "ablations", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    counts = {m.group(1): int(m.group(2))
+              for m in re.finditer(r"(?m)^(\w+)\s+(\d+)$", out)}
+    assert counts["train_ritc"] == 15          # qa_clims + the 14 default ablations
+    assert counts["experiment_corpus"] == 5    # fg_fine, fg_alias, bg_object, bg_scene, fg_bg_obj
+    assert counts["experiment_text_features"] == 5
+    assert counts["vqa"] == 2                  # the tiny config's 2 shards, shared
+    assert counts["ablation_table"] == 1

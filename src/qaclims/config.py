@@ -152,9 +152,54 @@ def check_consistency(config: Mapping[str, Any], base: Path) -> None:
             )
 
 
+#: Experiment names the workflow uses for itself (result folders next to the experiments').
+RESERVED_EXPERIMENTS = ("baseline", "gt", "summary", "data", "qape", "logs", "benchmarks")
+
+
+def check_stage_settings(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Build every stage's settings object (their checks name the dotted key), including each
+    experiment's and ablation's overrides, so a bad value fails before any job runs."""
+    from qaclims.cam.settings import (
+        CamTrainSettings,
+        ExportSettings,
+        RitcSettings,
+        ThresholdSettings,
+    )
+    from qaclims.irn.settings import irn_settings
+
+    cam = config["cam"]
+    try:
+        CamTrainSettings.from_dict(cam["train_cam"])
+        RitcSettings.from_dict(cam["ritc"])
+        ExportSettings.from_dict(cam["export"])
+        ThresholdSettings.from_dict(cam["threshold"])
+        irn_settings(config["irn"])
+        seen: dict[str, str] = {}
+        corpus_schema = schema["properties"]["qape"]["properties"]["corpus"]
+        for section in ("experiments", "ablations"):
+            for name, spec in (config.get(section) or {}).items():
+                where = f"{section}.{name}"
+                if name in RESERVED_EXPERIMENTS:
+                    raise ValueError(f"{where}: the name {name!r} is reserved "
+                                     f"({list(RESERVED_EXPERIMENTS)})")
+                if name in seen:
+                    raise ValueError(f"{where}: also defined in {seen[name]}.{name}")
+                seen[name] = section
+                spec = spec or {}
+                RitcSettings.from_dict({**cam["ritc"], **spec.get("ritc", {})},
+                                       prefix=f"{where}.ritc")
+                validate({**config["qape"]["corpus"], **spec.get("corpus", {})}, corpus_schema,
+                         what=f"{where}.corpus")
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"invalid configuration: {err}") from None
+
+
 def validate_config(config: dict[str, Any], base: str | Path = ".") -> dict[str, Any]:
     """Validate the pipeline config against workflow/schemas/config.schema.yaml."""
     schema = load_yaml(SCHEMA_DIR / "config.schema.yaml")
     filled = validate(config, schema)
     check_consistency(filled, Path(base))
+    check_stage_settings(filled, schema)
     return filled

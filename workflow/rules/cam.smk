@@ -35,8 +35,8 @@ rule train_cam:
         CONDA_ENV
     threads: CAM["train_cam"].get("threads") or 2
     resources:
-        mem_mb=16000,
-        runtime="8h",
+        mem_mb=training_mem_mb(4000, 700, CAM["train_cam"]),
+        runtime=scaled_runtime(8 * 60),
         gpu=gpus_for("train_cam"),
     script:
         "../scripts/train_cam.py"
@@ -69,8 +69,9 @@ rule train_ritc:
         CONDA_ENV
     threads: CAM["ritc"].get("threads") or 2
     resources:
-        mem_mb=32000,
-        runtime="12h",
+        # the CLIP image tower's activations (gradients flow through its inputs) dominate
+        mem_mb=training_mem_mb(8000, 3000, lambda wc: ritc_settings_of(wc.experiment)),
+        runtime=scaled_runtime(12 * 60),
         gpu=gpus_for("train_ritc"),
     script:
         "../scripts/train_ritc.py"
@@ -98,7 +99,7 @@ rule export_cams:
     threads: CAM["export"].get("threads") or 2
     resources:
         mem_mb=8000,
-        runtime="4h",
+        runtime=scaled_runtime(4 * 60, per_shard=True),
         gpu=gpus_for("export_cams"),
     script:
         "../scripts/export_cams.py"
@@ -129,3 +130,102 @@ rule search_threshold:
         runtime="1h",
     script:
         "../scripts/search_threshold.py"
+
+
+# An experiment with corpus overrides (e.g. background texts from one question group) gets its
+# own corpus and text features from the shared answers: no VQA job reruns for it.
+rule experiment_corpus:
+    input:
+        answers=expand(qape_path("answers/{shard}.parquet"), shard=SHARDS),
+        classes=data_path("classes.json"),
+    output:
+        corpus=experiment_path("{experiment}", "qape/corpus.parquet"),
+        stats=experiment_path("{experiment}", "qape/corpus_stats.json"),
+    wildcard_constraints:
+        experiment=_OWN_CORPUS_RE,
+    params:
+        options=lambda wc: corpus_options_of(wc.experiment),
+    log:
+        f"{LOGS}/{{experiment}}/corpus.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime="30m",
+    script:
+        "../scripts/corpus.py"
+
+
+rule experiment_text_features:
+    input:
+        corpus=experiment_path("{experiment}", "qape/corpus.parquet"),
+        model=clip_model_input,
+    output:
+        features=experiment_path("{experiment}", "qape/text_features.h5"),
+    wildcard_constraints:
+        experiment=_OWN_CORPUS_RE,
+    params:
+        clip=clip_model_settings(),
+        prompt=lambda wc: corpus_options_of(wc.experiment)["prompt"],
+        batch_size=QAPE["text_batch_size"],
+        device=COMPUTE["device"],
+    log:
+        f"{LOGS}/{{experiment}}/text_features.log",
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime="1h",
+        gpu=gpus_for("text_features"),
+    script:
+        "../scripts/text_features.py"
+
+
+localrules:
+    cam_table,
+    ablation_table,
+
+
+rule cam_table:
+    input:
+        thresholds=[experiment_path(e, "cam_eval/threshold.json") for e in CAM_EXPERIMENTS],
+    output:
+        tsv=summary_path("cam_miou.tsv"),
+        md=summary_path("cam_miou.md"),
+        json=summary_path("cam_miou.json"),
+    params:
+        rows=[(e, RITC_RUNS.get(e, {})) for e in CAM_EXPERIMENTS],
+        title=f"{DATASET['name']}: CAM mIoU on {DATASET['splits']['cam_eval']}",
+    log:
+        f"{LOGS}/cam_table.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/compare_cams.py"
+
+
+rule ablation_table:
+    input:
+        thresholds=[experiment_path(e, "cam_eval/threshold.json")
+                    for e in [BASELINE, *EXPERIMENTS, *ABLATIONS]],
+    output:
+        tsv=summary_path("ablations.tsv"),
+        md=summary_path("ablations.md"),
+        json=summary_path("ablations.json"),
+    params:
+        rows=[(e, RITC_RUNS.get(e, {})) for e in [BASELINE, *EXPERIMENTS, *ABLATIONS]],
+        title=f"{DATASET['name']}: CAM mIoU of the ablations on {DATASET['splits']['cam_eval']}",
+    log:
+        f"{LOGS}/ablation_table.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/compare_cams.py"
+
+
+# The ablations run on request: `snakemake ablations` (one target).
+rule ablations:
+    input:
+        rules.ablation_table.output,

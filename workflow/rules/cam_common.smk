@@ -2,13 +2,19 @@
 import re
 
 CAM = config["cam"]
-# An experiment: {"ritc": {RitcSettings overrides}, "corpus": {QAPE corpus overrides}}; one
-# without a "corpus" key shares the dataset's corpus and text features.
-EXPERIMENTS = config.get("experiments") or {"qa_clims": {}}
+# An experiment: {"ritc": {cam.ritc overrides}, "corpus": {qape.corpus overrides}, "paper": x};
+# one without corpus overrides shares the dataset's corpus and text features. Experiments run
+# by default; ablations (the paper's Tables 4 and 5) only through the target "ablations".
+# validate_config has already built every one of them, so a bad key failed before this line.
+EXPERIMENTS = {name: spec or {} for name, spec in config["experiments"].items()}
+ABLATIONS = {name: spec or {} for name, spec in config["ablations"].items()}
+RITC_RUNS = {**EXPERIMENTS, **ABLATIONS}
 BASELINE = "baseline"
 CAM_EXPERIMENTS = [BASELINE, *EXPERIMENTS]
-_EXPERIMENT_RE = "|".join(re.escape(e) for e in CAM_EXPERIMENTS)
-_RITC_RE = "|".join(re.escape(e) for e in EXPERIMENTS)
+_EXPERIMENT_RE = "|".join(re.escape(e) for e in [BASELINE, *RITC_RUNS])
+_RITC_RE = "|".join(re.escape(e) for e in RITC_RUNS) or "(?!)"
+_OWN_CORPUS_RE = "|".join(re.escape(e) for e, spec in RITC_RUNS.items()
+                          if spec.get("corpus")) or "(?!)"
 
 
 def experiment_path(experiment, name):
@@ -36,13 +42,18 @@ def ritc_settings_of(experiment):
     """cam.ritc with the experiment's overrides, validated (unknown keys fail at parse time)."""
     from qaclims.cam.settings import ritc_settings
 
-    overrides = EXPERIMENTS[experiment].get("ritc", {}) if EXPERIMENTS[experiment] else {}
-    return ritc_settings(CAM["ritc"], overrides, experiment=experiment).to_dict()
+    return ritc_settings(CAM["ritc"], RITC_RUNS[experiment].get("ritc", {}),
+                         experiment=experiment).to_dict()
+
+
+def corpus_options_of(experiment):
+    """qape.corpus with the experiment's corpus overrides."""
+    return {**QAPE["corpus"], **RITC_RUNS[experiment].get("corpus", {})}
 
 
 def experiment_texts(wildcards):
     """corpus.parquet and text_features.h5 an experiment trains with."""
-    if (EXPERIMENTS[wildcards.experiment] or {}).get("corpus"):
+    if RITC_RUNS[wildcards.experiment].get("corpus"):
         return {"corpus": experiment_path(wildcards.experiment, "qape/corpus.parquet"),
                 "text_features": experiment_path(wildcards.experiment, "qape/text_features.h5")}
     return {"corpus": qape_path("corpus.parquet"), "text_features": qape_path("text_features.h5")}
@@ -66,5 +77,9 @@ def world_size_of(rule_name):
 
 
 def cam_targets():
-    """threshold.json of the baseline and of every experiment."""
+    """threshold.json of the baseline and of every experiment (ablations: target ablations)."""
     return [experiment_path(e, "cam_eval/threshold.json") for e in CAM_EXPERIMENTS]
+
+
+def summary_path(name):
+    return f"{RESULTS}/summary/{name}"

@@ -56,6 +56,44 @@ def _shards():
 SHARDS = _shards()
 
 
+# --- cluster resources that follow the run's size -------------------------------------------
+# Runtimes are given at VOC scale (the authors' settings) and scaled by the number of images
+# the config declares, per shard where a rule runs per shard; memory of the training rules
+# follows batch x crop area. Both double on each retry (`retries` in the SLURM profile), so a
+# job killed for time or memory gets more on its second attempt.
+VOC_IMAGES = 12031  # train_aug + val
+
+
+def dataset_images():
+    """Images of the configured dataset (synthetic: as generated; real: the known split sizes)."""
+    if DATASET["source"] == "synthetic":
+        return DATASET["synthetic"]["n_train"] + DATASET["synthetic"]["n_val"]
+    return {"voc12": VOC_IMAGES, "coco14": 123287}[DATASET["source"]]
+
+
+def scaled_runtime(voc_minutes, per_shard=False, floor=15):
+    """Resource callable: ``voc_minutes`` scaled by dataset size (and 1/n_shards), at least
+    ``floor`` minutes, times the attempt - as a unit string."""
+
+    def runtime(wildcards, attempt):
+        share = dataset_images() / VOC_IMAGES / (QAPE["n_shards"] if per_shard else 1)
+        return f"{max(floor, int(voc_minutes * share)) * attempt}m"
+
+    return runtime
+
+
+def training_mem_mb(base_mb, mb_per_512_crop, settings):
+    """Resource callable: ``base_mb`` + batch x (crop / 512)^2 x ``mb_per_512_crop``, times the
+    attempt. ``settings``: a dict with batch_size and crop_size, or a function of wildcards."""
+
+    def mem_mb(wildcards, attempt):
+        s = settings(wildcards) if callable(settings) else settings
+        per_image = (s["crop_size"] / 512) ** 2 * mb_per_512_crop
+        return int(base_mb + s["batch_size"] * per_image) * attempt
+
+    return mem_mb
+
+
 def gpus_for(rule_name):
     """GPUs a rule asks the scheduler for (config compute.gpus; 0 on the CPU demo)."""
     return COMPUTE["gpus"].get(rule_name, 0)
@@ -111,4 +149,6 @@ def final_targets():
     if MODELS["clip"]["arch"] == "toy":
         targets.append(f"{TOY}/clip_metrics.json")
     targets += [qape_path("corpus_stats.json"), qape_path("text_features.h5")]
+    targets += [*cam_targets(), summary_path("cam_miou.md"), *irn_targets()]
+    targets += seg_targets()
     return targets

@@ -41,7 +41,7 @@ rule ir_labels:
     threads: IRN_LABELS.workers or 8
     resources:
         mem_mb=lambda wc, threads: 2000 + 1000 * threads,
-        runtime="2h",
+        runtime=scaled_runtime(2 * 60, per_shard=True),
     script:
         "../scripts/ir_labels.py"
 
@@ -70,8 +70,8 @@ rule train_irn:
         CONDA_ENV
     threads: IRN_TRAIN.threads or 4
     resources:
-        mem_mb=24000,
-        runtime="4h",
+        mem_mb=training_mem_mb(4000, 600, IRN_TRAIN.to_dict()),
+        runtime=scaled_runtime(4 * 60),
         gpu=gpus_for("train_irn"),
     script:
         "../scripts/train_irn.py"
@@ -104,7 +104,7 @@ rule random_walk:
     threads: IRN_WALK.workers or 8
     resources:
         mem_mb=lambda wc, threads: int(4000 + threads * (IRN_WALK.memory_budget_mb + 512)),
-        runtime="6h",
+        runtime=scaled_runtime(6 * 60, per_shard=True),
         gpu=gpus_for("random_walk"),
     script:
         "../scripts/random_walk.py"

@@ -89,3 +89,27 @@ rule train_toy_clip:
         runtime="1h",
     script:
         "../scripts/train_toy_clip.py"
+
+
+# The demo's ImageNet substitute: a ResNet pretrained (multi-label objects and contexts) on the
+# toy corpus, saved as a torchvision state dict without fc.* and loaded like ImageNet weights.
+rule train_toy_backbone:
+    input:
+        corpus=f"{TOY}/corpus",
+    output:
+        weights=f"{TOY}/backbone/{{arch}}.pth",
+        metrics=f"{TOY}/backbone/{{arch}}_metrics.json",
+    params:
+        settings=lambda wc: {**MODELS["toy"]["backbone"], "arch": wc.arch},
+    log:
+        f"{TOY}/logs/train_toy_backbone_{{arch}}.log",
+    benchmark:
+        f"{TOY}/benchmarks/train_toy_backbone_{{arch}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: MODELS["toy"]["backbone"]["threads"]
+    resources:
+        mem_mb=6000,
+        runtime="1h",
+    script:
+        "../scripts/train_toy_backbone.py"

@@ -30,7 +30,7 @@ rule vqa:
     threads: 2
     resources:
         mem_mb=8000,
-        runtime="4h",
+        runtime=scaled_runtime(4 * 60, per_shard=True),
         gpu=gpus_for("vqa"),
     script:
         "../scripts/vqa.py"

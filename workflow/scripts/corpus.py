@@ -16,3 +16,4 @@ try:
 except Exception:
     logging.exception("corpus failed")
     raise
+_srcpath.record_provenance(snakemake)

@@ -20,3 +20,4 @@ try:
 except Exception:
     logging.exception("eval %s failed", p.kind)
     raise
+_srcpath.record_provenance(snakemake)

@@ -13,19 +13,27 @@ from qaclims.cam.export import export_cams
 from qaclims.cam.settings import ExportSettings
 from qaclims.devices import pick_device
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-p = snakemake.params
-try:
-    settings = ExportSettings.from_dict(p.settings)
-    if settings.threads is None:
-        settings = settings.replace(threads=snakemake.threads)
-    summary = export_cams(
-        snakemake.input.manifest, snakemake.input.classes, snakemake.input.model,
-        snakemake.output.cams, splits=p.splits, shard=p.shard, n_shards=p.n_shards,
-        settings=settings, device=pick_device(p.device),
-    )
-    logging.info("export_cams %s: %s", snakemake.wildcards.experiment, summary)
-except Exception:
-    logging.exception("export_cams failed")
-    raise
+
+# Spawned DDP ranks re-import this file as __mp_main__: only the parent trains here.
+def main() -> None:
+    logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = snakemake.params
+    try:
+        settings = ExportSettings.from_dict(p.settings)
+        if settings.threads is None:
+            settings = settings.replace(threads=snakemake.threads)
+        summary = export_cams(
+            snakemake.input.manifest, snakemake.input.classes, snakemake.input.model,
+            snakemake.output.cams, splits=p.splits, shard=p.shard, n_shards=p.n_shards,
+            settings=settings, device=pick_device(p.device),
+        )
+        logging.info("export_cams %s: %s", snakemake.wildcards.experiment, summary)
+    except Exception:
+        logging.exception("export_cams failed")
+        raise
+    _srcpath.record_provenance(snakemake)
+
+
+if __name__ == "__main__":
+    main()

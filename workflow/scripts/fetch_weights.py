@@ -36,3 +36,4 @@ try:
 except Exception:
     logging.getLogger("fetch_weights").exception("fetch_weights failed")
     raise
+_srcpath.record_provenance(snakemake)

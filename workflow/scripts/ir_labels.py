@@ -25,6 +25,7 @@ def main() -> None:
     except Exception:
         logging.exception("ir_labels failed")
         raise
+    _srcpath.record_provenance(snakemake)
 
 
 # The CRF pool spawns processes that re-import this file: only the parent may run main().

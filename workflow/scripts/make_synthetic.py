@@ -41,3 +41,4 @@ try:
 except Exception:
     log.exception("make_synthetic failed")
     raise
+_srcpath.record_provenance(snakemake)

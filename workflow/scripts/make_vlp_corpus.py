@@ -17,3 +17,4 @@ try:
 except Exception:
     log.exception("make_vlp_corpus failed")
     raise
+_srcpath.record_provenance(snakemake)

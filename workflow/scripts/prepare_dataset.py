@@ -39,3 +39,4 @@ try:
 except Exception:
     logging.getLogger("prepare_dataset").exception("prepare_dataset failed")
     raise
+_srcpath.record_provenance(snakemake)

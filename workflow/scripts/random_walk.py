@@ -35,6 +35,7 @@ def main() -> None:
     except Exception:
         logging.exception("random_walk failed")
         raise
+    _srcpath.record_provenance(snakemake)
 
 
 # The walk pool spawns processes that re-import this file: only the parent may run main().

@@ -20,3 +20,4 @@ try:
 except Exception:
     logging.exception("search_threshold failed")
     raise
+_srcpath.record_provenance(snakemake)

@@ -22,3 +22,4 @@ try:
 except Exception:
     logging.exception("text_features failed")
     raise
+_srcpath.record_provenance(snakemake)

@@ -17,21 +17,29 @@ from qaclims.cam.settings import CamTrainSettings
 from qaclims.cam.train_cam import train_cam
 from qaclims.devices import pick_device
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-p = snakemake.params
-try:
-    device = pick_device(p.device)
-    settings = CamTrainSettings.from_dict(p.settings)
-    if settings.threads is None:  # threads do not enter the resume hash
-        settings = settings.replace(threads=snakemake.threads)
-    summary = train_cam(
-        snakemake.input.manifest, snakemake.input.classes, snakemake.output.model,
-        snakemake.output.curve, settings, split=p.split,
-        resume_root=p.resume_root, device=device,
-        world_size=p.world_size if device == "cuda" else 1,
-    )
-    logging.info("train_cam: %s", summary)
-except Exception:
-    logging.exception("train_cam failed")
-    raise
+
+# Spawned DDP ranks re-import this file as __mp_main__: only the parent trains here.
+def main() -> None:
+    logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = snakemake.params
+    try:
+        device = pick_device(p.device)
+        settings = CamTrainSettings.from_dict(p.settings)
+        if settings.threads is None:  # threads do not enter the resume hash
+            settings = settings.replace(threads=snakemake.threads)
+        summary = train_cam(
+            snakemake.input.manifest, snakemake.input.classes, snakemake.output.model,
+            snakemake.output.curve, settings, split=p.split,
+            resume_root=p.resume_root, device=device,
+            world_size=p.world_size if device == "cuda" else 1,
+        )
+        logging.info("train_cam: %s", summary)
+    except Exception:
+        logging.exception("train_cam failed")
+        raise
+    _srcpath.record_provenance(snakemake)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,7 @@ def main() -> None:
     except Exception:
         logging.exception("train_irn failed")
         raise
+    _srcpath.record_provenance(snakemake)
 
 
 # DataLoader workers may be spawned processes that re-import this file.

@@ -39,3 +39,4 @@ try:
 except Exception:
     log.exception("train_toy_backbone failed")
     raise
+_srcpath.record_provenance(snakemake)

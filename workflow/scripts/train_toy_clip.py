@@ -41,3 +41,4 @@ try:
 except Exception:
     log.exception("train_toy_clip failed")
     raise
+_srcpath.record_provenance(snakemake)

@@ -40,3 +40,4 @@ try:
 except Exception:
     log.exception("train_toy_vqa failed")
     raise
+_srcpath.record_provenance(snakemake)

@@ -37,3 +37,4 @@ try:
 except Exception:
     log.exception("vqa failed")
     raise
+_srcpath.record_provenance(snakemake)

@@ -2,10 +2,16 @@
 
 A scene is a stack of horizontal context bands (sky on top, then e.g. a tree line, water, ...),
 side elements (pier, barn, trees), 1-3 objects that stand on/in their class's context, and
-distractor clutter. Objects never share an x-range, so left/right/next are unambiguous, and each
-object is placed so that the strips just above and just below it are a single region, a margin
-away from any boundary: the answers to "what is above/under the boat?" are then read off the
-layout and are exactly what the image shows (the generator trap of environment.md).
+distractor clutter. Objects never share an x-range, and each object is placed so that the strips
+just above and just below its placement box are a single region, a margin away from any boundary
+(the generator trap of environment.md).
+
+The spatial answers are read off the drawn pixels, so they are what a viewer of the image sees
+(:func:`_answers`): "above" is the region just above the object's drawn top (slivers thinner than
+the answer margin skipped), "left"/"right" the nearest other object or side element whose pixels
+lie beside the object's drawn box, in its rows and within one object width, "next to" the nearer
+of the two; with nothing there, the object's own context. Answers consume no randomness: the
+pixels of a scene do not depend on how its answers are derived.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, all drawing is vectorised
 numpy / cv2 on small arrays, so a 96-160 px scene takes a few milliseconds.
@@ -52,6 +58,8 @@ class Scene:
     objects: list[PlacedObject]
     bands: list[str]  # band names top to bottom as drawn (sky may have become mountain)
     elements: list[str]  # side elements drawn, left to right
+    # int16 [H, W]: index into ``elements`` of the element visible at each pixel, -1 = none
+    element_map: np.ndarray | None = None
 
     def context_names(self) -> list[str]:
         """Context regions visible in the image, in CONTEXTS order."""
@@ -638,15 +646,21 @@ def _try_render_scene(rng, H, W, enabled, max_objects, duplicates, clutter) -> S
 
     # --- side elements into the context map -------------------------------------------------
     perch_tree: dict[int, tuple[int, int, int]] = {}  # object idx -> (canopy top, x0, x1)
+    # Which side element covers each pixel (index into the scene's element list, -1: none).
+    element_map = np.full((H, W), -1, np.int16)
+    element_items = [it for it in seq if it.kind in ("pier", "barn", "tree")]
     for it in seq:
+        if it.kind not in ("pier", "barn", "tree"):
+            continue
+        shape = np.zeros((H, W), np.uint8)  # the element's pixels, then written into ctx
         if it.kind == "pier":
             water_band = names.index("water")
             top = band_rows[water_band][0] + int(0.02 * H)
             deck = max(3, int(0.08 * H))
-            ctx[top:top + deck, it.x0:it.x1] = CONTEXT_ID["pier"]
+            shape[top:top + deck, it.x0:it.x1] = 1
             post_w = max(2, int(0.015 * W))
             for px in np.linspace(it.x0 + 2, it.x1 - post_w - 2, 3).astype(int):
-                ctx[top + deck:top + deck + int(0.1 * H), px:px + post_w] = CONTEXT_ID["pier"]
+                shape[top + deck:top + deck + int(0.1 * H), px:px + post_w] = 1
         elif it.kind == "barn":
             grass_top = band_rows[names.index("grass")][0]
             base = grass_top + int(rng.uniform(0.04, 0.1) * H)
@@ -654,7 +668,7 @@ def _try_render_scene(rng, H, W, enabled, max_objects, duplicates, clutter) -> S
             wall_top = base - int(bh * 0.6)
             pts = np.array([(it.x0, base), (it.x1, base), (it.x1, wall_top),
                             ((it.x0 + it.x1) // 2, base - bh), (it.x0, wall_top)], np.int32)
-            cv2.fillPoly(ctx, [pts], CONTEXT_ID["barn"])
+            cv2.fillPoly(shape, [pts], 1)
             details.append(("barn", it.x0, it.x1, wall_top, base, base - bh))
         elif it.kind == "tree":
             tb = [i for i, n in enumerate(names) if n == scene.tree_band][-1]
@@ -672,14 +686,16 @@ def _try_render_scene(rng, H, W, enabled, max_objects, duplicates, clutter) -> S
             ch = int(min(max(0.45 * total, 0.5 * cw), 0.7 * total))  # leave the trunk visible
             cx = it.x0 + cw // 2
             trunk_w = max(2, cw // 7)
-            ctx[ctop + ch // 2:base, cx - trunk_w // 2:cx - trunk_w // 2 + trunk_w] = \
-                CONTEXT_ID["tree"]
-            cv2.ellipse(ctx, (cx, ctop + ch // 2), (cw // 2, max(2, ch // 2)), 0, 0, 360,
-                        int(CONTEXT_ID["tree"]), -1)
+            shape[ctop + ch // 2:base, cx - trunk_w // 2:cx - trunk_w // 2 + trunk_w] = 1
+            cv2.ellipse(shape, (cx, ctop + ch // 2), (cw // 2, max(2, ch // 2)), 0, 0, 360, 1,
+                        -1)
             details.append(("trunk", cx - trunk_w // 2, cx - trunk_w // 2 + trunk_w,
                             ctop + int(ch * 0.8), base))
             if it.obj >= 0:
                 perch_tree[it.obj] = (ctop, cx - cw // 4, cx + cw // 4)
+        sel = shape.astype(bool)
+        ctx[sel] = CONTEXT_ID[it.kind]
+        element_map[sel] = element_items.index(it)
 
     # --- vertical placement of the objects, validated against the context map ---------------
     placed: dict[int, tuple[int, int, int, int]] = {}
@@ -769,12 +785,14 @@ def _try_render_scene(rng, H, W, enabled, max_objects, duplicates, clutter) -> S
     out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
     # --- answers ------------------------------------------------------------------------------
-    element_items = [it for it in seq if it.kind in ("pier", "barn", "tree")]
-    for o in objects:
-        o.answers = _answers(o, o.index, placed, above_region, classes, element_items, band_idx,
-                             names, scene, m)
-    return Scene(out, inst, ctx, scene, objects, names,
-                 [it.kind for it in seq if it.kind in ("pier", "barn", "tree")])
+    element_kinds = [it.kind for it in element_items]
+    # Only the pixels of an element that stayed visible (not under clutter or an object).
+    element_map[ctx != _element_ctx_ids(element_kinds)[element_map]] = -1
+    things = _thing_map(inst, element_map, len(objects))
+    texts = [o.cls.text for o in objects] + [CONTEXT_BY_NAME[k].text for k in element_kinds]
+    for k, o in enumerate(objects, start=1):
+        o.answers = _answers(o, k, things, texts, ctx, inst, band_idx, names, scene, m)
+    return Scene(out, inst, ctx, scene, objects, names, element_kinds, element_map)
 
 
 def _place_vertically(rng, ctx, c: ClassDef, x0: int, w: int, h: int, m: int):
@@ -828,41 +846,118 @@ def _place_vertically(rng, ctx, c: ClassDef, x0: int, w: int, h: int, m: int):
     return None
 
 
-def _answers(o: PlacedObject, i: int, placed, above_region, classes, element_items, band_idx,
-             names, scene: SceneDef, m: int) -> dict[str, str]:
+def _element_ctx_ids(kinds: list[str]) -> np.ndarray:
+    return np.array([CONTEXT_ID[k] for k in kinds] + [0], np.uint8)  # [-1] -> 0 (none)
+
+
+def _thing_map(inst: np.ndarray, element_map: np.ndarray, n_objects: int) -> np.ndarray:
+    """int16 [H, W]: 0 nothing, k = objects[k - 1], n_objects + 1 + e = visible element e."""
+    things = inst.astype(np.int16)
+    el = element_map >= 0
+    things[el] = n_objects + 1 + element_map[el]
+    return things
+
+
+# Side answers ("what is next to / the left side of / the right side of the cow?") look for the
+# nearest other object or side element (pier, barn, tree) whose drawn pixels lie in the rows of
+# the object's drawn box, within SIDE_WINDOW x the object's width of its left/right edge.
+SIDE_WINDOW = 1.0
+
+
+def side_neighbour(things: np.ndarray, k: int, bbox: tuple[int, int, int, int],
+                   side: str, window: float = SIDE_WINDOW) -> tuple[int, int] | None:
+    """(gap in pixels, thing id) of the nearest thing beside object ``k``, or None.
+
+    ``side``: "left" or "right". Looks at the rows of the drawn box ``bbox`` and at most
+    ``window`` x its width away from its left/right edge; the gap counts columns from the edge
+    (1 = touching). Several things in the nearest column: the one with more pixels there, then
+    the lower id (objects before elements).
+    """
+    x0, y0, x1, y1 = bbox
+    reach = max(1, int(round(window * (x1 - x0))))
+    if side == "left":
+        strip = things[y0:y1, max(0, x0 - reach):x0][:, ::-1]
+    else:
+        strip = things[y0:y1, x1:x1 + reach]
+    hit = (strip > 0) & (strip != k)
+    cols = hit.any(axis=0)
+    if not cols.any():
+        return None
+    j = int(cols.argmax())
+    ids, counts = np.unique(strip[hit[:, j], j], return_counts=True)
+    best = sorted(zip((-counts).tolist(), ids.tolist(), strict=True))[0][1]
+    return j + 1, int(best)
+
+
+def region_above(ctx: np.ndarray, inst: np.ndarray, k: int, bbox: tuple[int, int, int, int],
+                 min_run: int) -> int:
+    """Context id of the region just above the drawn top of object ``k`` (0: none found).
+
+    In every column where the object reaches its top row, walk up from the pixel above it and
+    take the first region that is at least ``min_run`` pixels tall there (none: the tallest): a
+    sliver of another region between the object and what is above it is too thin to see at the
+    VQA resolution. Clutter (id 0) is skipped. The most frequent id over those columns wins, ties
+    to the lower id.
+    """
+    x0, y0, x1, _ = bbox
+    votes = []
+    for c in (np.flatnonzero(inst[y0, x0:x1] == k) + x0).tolist():
+        col = ctx[:y0, c][::-1]
+        if len(col) == 0:
+            continue
+        starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
+        lengths = np.diff(np.r_[starts, len(col)])
+        runs = [(int(col[s]), int(n)) for s, n in zip(starts, lengths, strict=True) if col[s] > 0]
+        if runs:
+            thick = [v for v, n in runs if n >= min_run]
+            votes.append(thick[0] if thick else max(runs, key=lambda r: r[1])[0])
+    return int(np.bincount(votes).argmax()) if votes else 0
+
+
+def _answers(o: PlacedObject, k: int, things: np.ndarray, texts: list[str], ctx: np.ndarray,
+             inst: np.ndarray, band_idx: np.ndarray, names: list[str], scene: SceneDef,
+             m: int) -> dict[str, str]:
+    """The 16 answers for object ``k`` (1-based, as in ``inst``), read off the drawn pixels.
+
+    above:  the region just above the drawn top (:func:`region_above`, slivers under ``m`` px
+            skipped); perched birds: also what is behind them.
+    left / right: the nearest object or side element beside the drawn box
+            (:func:`side_neighbour`); a perched bird's rows reach ``m`` px below it, into the
+            canopy it sits on; nothing there: the object's own context ("water").
+    next:   the nearer of left and right (equal gaps: left); neither: the own context.
+    under / around: the own context (the placement keeps the strip below it that region);
+    behind: ground objects the band above the band they stand in, aeroplanes "cloud".
+    """
     c, st = o.cls, o.subtype
     ctx_text = CONTEXT_BY_NAME[c.context].text
-    above = CONTEXT_BY_NAME[CONTEXT_NAME_BY_ID[above_region[i]]].text
-    x0, y0, x1, y1 = placed[i]
+    x0, y0, x1, y1 = o.bbox
+    region = region_above(ctx, inst, k, o.bbox, m)
+    if region <= 0:  # cannot happen with the placement rules; keep a sensible answer anyway
+        region = CONTEXT_ID[names[max(int(band_idx[y0, (x0 + x1) // 2]) - 1, 0)]]
+    above = CONTEXT_BY_NAME[CONTEXT_NAME_BY_ID[region]].text
     if c.placement == "air":
         behind = "cloud"
     elif c.placement == "perch":
         behind = above
     else:
-        b = int(band_idx[min(y1 + 1, band_idx.shape[0] - 1), (x0 + x1) // 2])
+        bx0, _, bx1, by1 = o.box
+        b = int(band_idx[min(by1 + 1, band_idx.shape[0] - 1), (bx0 + bx1) // 2])
         behind = CONTEXT_BY_NAME[names[max(b - 1, 0)]].text
-    cx = (x0 + x1) / 2
+    rows_box = (x0, y0, x1, y1 + m) if c.placement == "perch" else o.bbox
+    left = side_neighbour(things, k, rows_box, "left")
+    right = side_neighbour(things, k, rows_box, "right")
+    sides = [s for s in (left, right) if s is not None]
+    near = min(sides, key=lambda s: s[0]) if sides else None  # min keeps the first: left
 
-    def neighbour(side: str) -> str:
-        def on_side(x: float) -> bool:
-            return (x < cx) if side == "left" else (x > cx) if side == "right" else x != cx
-
-        objs = [(abs((b[0] + b[2]) / 2 - cx), classes[j].text) for j, b in placed.items()
-                if j != i and on_side((b[0] + b[2]) / 2)]
-        if objs:
-            return min(objs)[1]
-        els = [(abs(it.centre - cx), CONTEXT_BY_NAME[it.kind].text) for it in element_items
-               if it.obj != i and on_side(it.centre)]
-        if els:
-            return min(els)[1]
-        return ctx_text
+    def text(s: tuple[int, int] | None) -> str:
+        return ctx_text if s is None else texts[s[1] - 1]
 
     return {
         "fg_kind": st.name, "fg_type": st.name,
         "fg_also": st.aliases[0], "fg_usually": st.aliases[1],
         "fg_word": st.aliases[2], "fg_name": st.aliases[3],
         "bg_above": above, "bg_under": ctx_text, "bg_behind": behind, "bg_around": ctx_text,
-        "bg_next": neighbour("any"), "bg_left": neighbour("left"), "bg_right": neighbour("right"),
+        "bg_next": text(near), "bg_left": text(left), "bg_right": text(right),
         "bg_scene": scene.words[0], "bg_environment": scene.words[1], "bg_place": scene.words[2],
     }
 

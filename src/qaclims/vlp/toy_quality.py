@@ -336,7 +336,12 @@ def evaluate_clip(
     - ``object_vs_context``: share of object regions whose class text scores above the text of
       the context the class co-occurs with (``context_of``);
     - ``background_vs_object``: the same pair of texts for the *complement* of each object region
-      (mask prompt and pixels = everything else): the context text should win.
+      (mask prompt and pixels = everything else): the context text should win;
+    - ``*_pixels_only``: the same with the all-ones mask prompt, the region given by the masked
+      pixels alone;
+    - ``object_class_accuracy_prompt_only``: blank pixels under the region's prompt - should
+      be near chance: a model that names the object from the prompt's shape lets RITC shrink
+      the CAM to ~0 and still match.
     """
     import time
 
@@ -364,7 +369,8 @@ def evaluate_clip(
         t_cls, t_ctx, t_sub = text_feats(class_texts), text_feats(context_texts), (
             text_feats(subtype_texts) if subtype_texts else None)
 
-        def image_feats(rows: Any, complement: bool = False) -> Any:
+        def image_feats(rows: Any, complement: bool = False, loose: bool = False,
+                        blank: bool = False) -> Any:
             feats = []
             idx = rows["index"].to_numpy()
             reg = rows["region"].to_numpy()
@@ -372,12 +378,21 @@ def evaluate_clip(
                 x, m = masked_inputs(images[idx[s:s + batch_size]],
                                      masks[idx[s:s + batch_size]], reg[s:s + batch_size],
                                      model.mean, model.std, complement=complement)
-                f = model.encode_image(x, m).float()
+                if blank:
+                    x = torch.zeros_like(x)
+                f = model.encode_image(x, torch.ones_like(m) if loose else m).float()
                 feats.append(f / f.norm(dim=-1, keepdim=True))
             return torch.cat(feats) if feats else torch.zeros(0, t_cls.shape[1])
 
         f_obj = image_feats(obj)
         f_bg = image_feats(obj, complement=True)
+        # The region told by the pixels alone (all-ones prompt): what RITC's gradient, which
+        # reaches the CAM only through the masked pixels, needs the model to see.
+        f_loose = image_feats(obj, loose=True)
+        f_bg_loose = image_feats(obj, complement=True, loose=True)
+        # Blank pixels under the exact prompt: should *not* name the class (chance level) -
+        # otherwise RITC is satisfied by a CAM that is ~0 everywhere.
+        f_blank = image_feats(obj, blank=True)
         f_ctx = image_feats(ctx)
     out: dict[str, Any] = {"split": split, "n_object_regions": int(len(obj)),
                            "n_context_regions": int(len(ctx)), "object_classes": classes,
@@ -411,6 +426,16 @@ def evaluate_clip(
             b_c = (f_bg[sel] * t_cls[ki]).sum(1)
             b_x = (f_bg[sel] * t_ctx[ci]).sum(1)
             out["background_vs_object"] = float((b_x > b_c).float().mean())
+            out["object_class_accuracy_pixels_only"] = float(
+                ((f_loose @ t_cls.T).argmax(1).numpy() == truth).mean())
+            out["object_class_accuracy_prompt_only"] = float(
+                ((f_blank @ t_cls.T).argmax(1).numpy() == truth).mean())
+            out["object_vs_context_pixels_only"] = float(
+                ((f_loose[sel] * t_cls[ki]).sum(1) > (f_loose[sel] * t_ctx[ci]).sum(1))
+                .float().mean())
+            out["background_vs_object_pixels_only"] = float(
+                ((f_bg_loose[sel] * t_ctx[ci]).sum(1) > (f_bg_loose[sel] * t_cls[ki]).sum(1))
+                .float().mean())
     if len(ctx):
         truth_c = np.array([contexts.index(c) for c in ctx["text"].astype(str)])
         pred_c = (f_ctx @ t_ctx.T).argmax(1).numpy()

@@ -85,7 +85,17 @@ class ToyClipSettings:
     # Everything *but* an object (the pipeline's background input) with that object's
     # background texts: its surrounding-object and scene answers, minus the class name - the
     # set BRC contrasts the background with (method.md 3.2).
-    mix_background: float = 0.0
+    mix_background: float = 0.15
+    # Share of region samples whose mask prompt is the whole image (pixels still masked): RITC
+    # feeds CLIP a loose prompt (every patch with a CAM value above 10 % of its max) over soft
+    # ``P * img`` pixels, so the model must read the region from the pixels, not only from the
+    # prompt. With exact prompts only, it learns the prompt shortcut and is blind to pixels.
+    loose_prompt: float = 0.5
+    # Share of region samples whose mask prompt is the region's bounding box grown by one patch.
+    # Exact silhouettes as prompts let the model name an object from the prompt's shape alone,
+    # even over blank pixels; RITC would then be satisfied by a CAM that is ~0 everywhere
+    # (its FAT mask is relative to the CAM's max). The rest of the samples get exact prompts.
+    box_prompt: float = 0.5
     object_texts: tuple[str, ...] = ("class", "subtype", "fg")
     text_prompt: str = TEXT_PROMPT
     # Optimisation.
@@ -113,6 +123,10 @@ class ToyClipSettings:
             raise ValueError(f"unknown toy CLIP setting(s) {unknown}; known: {sorted(known)}")
         if "object_texts" in data:
             data["object_texts"] = tuple(data["object_texts"])
+        shares = [data.get(k, getattr(cls, k)) for k in ("loose_prompt", "box_prompt")]
+        if not all(0 <= v <= 1 for v in shares) or sum(shares) > 1:
+            raise ValueError(f"loose_prompt, box_prompt: expected shares in [0, 1] summing to "
+                             f"<= 1, got {shares}")
         bad = set(data.get("object_texts", ())) - {"class", "subtype", "fg"}
         if bad:
             raise ValueError(f"object_texts: unknown source(s) {sorted(bad)} "
@@ -300,9 +314,32 @@ def multi_positive_loss(img: Any, txt: Any, pos: Any, logit_scale: Any) -> Any:
     return 0.5 * (loss_i + loss_t)
 
 
-def _assemble_batch(data: ClipData, picks: dict[str, Any], gen: Any, mean, std
+def grown_boxes(masks: Any, grow: int) -> Any:
+    """Each ``[B,1,S,S]`` mask's bounding box, grown by ``grow`` pixels on every side (an
+    empty mask stays empty)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = masks.amax(dim=3) > 0                               # [B,1,S]
+    cols = masks.amax(dim=2) > 0
+
+    def span(occ: Any) -> Any:                                 # first..last occupied index
+        fwd = torch.cummax(occ.int(), dim=-1).values
+        bwd = torch.cummax(occ.int().flip(-1), dim=-1).values.flip(-1)
+        return (fwd & bwd).float()
+
+    box = span(rows)[..., :, None] * span(cols)[..., None, :]
+    if grow > 0:
+        box = F.max_pool2d(box, 2 * grow + 1, stride=1, padding=grow)
+    return box
+
+
+def _assemble_batch(data: ClipData, picks: dict[str, Any], gen: Any, mean, std,
+                    loose_prompt: float = 0.0, box_prompt: float = 0.0, patch_size: int = 8
                     ) -> tuple[Any, Any, list[int], Any]:
-    """Images, masks, the batch's text ids (deduplicated, vocabulary included) and ``pos``."""
+    """Masked images, mask prompts, the batch's text ids (deduplicated, vocabulary included)
+    and ``pos``. A ``loose_prompt`` share of samples gets the all-ones prompt, a ``box_prompt``
+    share the region's bounding box grown by a patch, the rest the exact region."""
     import torch
 
     idx, reg, comp, positives = [], [], [], []
@@ -321,6 +358,10 @@ def _assemble_batch(data: ClipData, picks: dict[str, Any], gen: Any, mean, std
     inside = data.masks[idx_t] == reg_t.view(-1, 1, 1).to(data.masks.dtype)
     m = ((inside ^ comp_t) | whole).float()[:, None]
     x = x * m
+    draw = torch.rand(len(m), generator=gen).view(-1, 1, 1, 1)
+    prompt_mask = torch.where(draw < loose_prompt, torch.ones_like(m),
+                              torch.where(draw < loose_prompt + box_prompt,
+                                          grown_boxes(m, patch_size), m))
     # One text per sample drawn from its positives (so every positive text gets trained), plus
     # the class / context vocabulary; the positive matrix uses each sample's whole positive set.
     draw = torch.randint(0, 1 << 30, (len(positives),), generator=gen).tolist()
@@ -333,7 +374,7 @@ def _assemble_batch(data: ClipData, picks: dict[str, Any], gen: Any, mean, std
             j = col.get(t)
             if j is not None:
                 pos[i, j] = True
-    return x, m, text_ids, pos
+    return x, prompt_mask, text_ids, pos
 
 
 def _set_determinism(seed: int, threads: int) -> None:
@@ -403,7 +444,8 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
         for g in opt.param_groups:
             g["lr"] = lr
         picks = {k: sampler.take(k, n) for k, n in counts.items()}
-        x, m, text_ids, pos = _assemble_batch(data, picks, gen, model.mean, model.std)
+        x, m, text_ids, pos = _assemble_batch(data, picks, gen, model.mean, model.std,
+                                              s.loose_prompt, s.box_prompt, s.patch_size)
         img = model.encode_image(x, m)
         txt = model.encode_text(tokens[text_ids])
         img = img / img.norm(dim=-1, keepdim=True)

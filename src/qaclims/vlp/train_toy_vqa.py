@@ -56,6 +56,19 @@ class ToyVqaSettings:
     layers: int = 2
     text_layers: int | None = None  # text encoder / decoder layers; None = ``layers``
     heads: int = 4
+    # Initial weights of the vision tower: transformers' BLIP vision config initialises every
+    # vision weight with std 1e-10 (harmless for pretrained weights, a near-zero start from
+    # scratch). ``vision_init_std`` redraws them N(0, std) (biases 0); null keeps transformers'.
+    vision_init_std: float | None = 0.02
+    # Auxiliary dense supervision of the vision tower, during training only (nothing of it is
+    # saved): a linear head on the patch tokens predicts the region label (object class, context
+    # text or none; the majority of the corpus region mask) of each patch and of the patches up to
+    # ``region_reach`` steps left, right, above and below it, so that the patch features carry
+    # what is where - the spatial questions ("what is above / next to the cow?") read exactly
+    # that. Weight 0 turns it off.
+    region_loss_weight: float = 0.0
+    region_reach: int = 1
+    region_targets: str = "offsets"
     # Data: template groups whose question rows appear this many times in the training table
     # (e.g. {"object": 3}: the spatial questions, which are learnt last, get 3x the draws).
     group_repeats: dict[str, int] = field(default_factory=dict)
@@ -229,18 +242,22 @@ class _ImageGroupedSampler:
         return out
 
 
-def vqa_loss(model: Any, pixels: Any, slots: Any, batch: dict[str, Any]) -> Any:
+def vqa_loss(model: Any, pixels: Any, slots: Any, batch: dict[str, Any],
+             image_embeds: Any = None) -> Any:
     """``BlipForQuestionAnswering``'s own training loss, with the vision tower run once per image.
 
     ``pixels [n_images,3,S,S]``, ``slots [B]`` the image of each question. Identical (up to float
     rounding) to ``model(pixel_values=pixels[slots], **batch).loss`` - the same modules, masks and
-    decoder loss as transformers' forward.
+    decoder loss as transformers' forward. ``image_embeds``: the vision tower's output for
+    ``pixels`` when the caller already has it.
     """
     import torch
 
-    if len(slots) == len(pixels) and bool((slots == torch.arange(len(slots))).all()):
-        return model(pixel_values=pixels, **batch).loss
-    image_embeds = model.vision_model(pixel_values=pixels)[0][slots]
+    if image_embeds is None:
+        if len(slots) == len(pixels) and bool((slots == torch.arange(len(slots))).all()):
+            return model(pixel_values=pixels, **batch).loss
+        image_embeds = model.vision_model(pixel_values=pixels)[0]
+    image_embeds = image_embeds[slots]
     image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long,
                                       device=image_embeds.device)
     question_embeds = model.text_encoder(
@@ -254,6 +271,101 @@ def vqa_loss(model: Any, pixels: Any, slots: Any, batch: dict[str, Any]) -> Any:
     return out.loss.mean()
 
 
+def region_offsets(reach: int) -> list[tuple[int, int]]:
+    """(dy, dx) patch offsets of the region targets: the patch itself, then left, right, above,
+    below at distance 1, then 2, ... ``reach``."""
+    out = [(0, 0)]
+    for d in range(1, reach + 1):
+        out += [(0, -d), (0, d), (-d, 0), (d, 0)]
+    return out
+
+
+def patch_region_targets(corpus: VlpCorpus, image_size: int, patch_size: int,
+                         reach: int) -> tuple[np.ndarray, list[str]]:
+    """Region label targets per image and patch: ``(int64 [N, g*g, len(offsets)], labels)``.
+
+    A patch's label is that of the region covering most of its pixels (ties: the lower region
+    number): the object's class name, the context's text, or "none" (clutter / nothing). Offset
+    targets that fall outside the image are -100 (ignored by the loss).
+    """
+    grid, labels = patch_region_grid(corpus, image_size, patch_size)
+    n, g = grid.shape[:2]
+    offsets = region_offsets(reach)
+    out = np.full((n, g, g, len(offsets)), -100, np.int64)
+    for k, (dy, dx) in enumerate(offsets):
+        ys = slice(max(0, -dy), g - max(0, dy))
+        xs = slice(max(0, -dx), g - max(0, dx))
+        yt = slice(max(0, dy), g - max(0, -dy))
+        xt = slice(max(0, dx), g - max(0, -dx))
+        out[:, ys, xs, k] = grid[:, yt, xt]
+    return out.reshape(n, g * g, len(offsets)), labels
+
+
+def patch_region_rays(corpus: VlpCorpus, image_size: int, patch_size: int,
+                      reach: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Per image and patch: its region label and, for each direction (left, right, up, down),
+    which labels occur within ``reach`` patches that way.
+
+    -> ``(self int64 [N, g*g], rays bool [N, g*g, 4, L], valid bool [g*g, 4], labels)``; a ray
+    that starts at the image border is not valid.
+    """
+    grid, labels = patch_region_grid(corpus, image_size, patch_size)
+    n, g = grid.shape[:2]
+    onehot = np.eye(len(labels), dtype=bool)[grid]  # [n, g, g, L]
+    rays = np.zeros((n, g, g, 4, len(labels)), bool)
+    valid = np.zeros((g, g, 4), bool)
+    for d, (dy, dx) in enumerate(((0, -1), (0, 1), (-1, 0), (1, 0))):
+        for k in range(1, reach + 1):
+            oy, ox = dy * k, dx * k
+            ys = slice(max(0, -oy), g - max(0, oy))
+            xs = slice(max(0, -ox), g - max(0, ox))
+            yt = slice(max(0, oy), g - max(0, -oy))
+            xt = slice(max(0, ox), g - max(0, -ox))
+            rays[:, ys, xs, d] |= onehot[:, yt, xt]
+            if k == 1:
+                valid[ys, xs, d] = True
+    return (grid.reshape(n, g * g), rays.reshape(n, g * g, 4, len(labels)),
+            valid.reshape(g * g, 4), labels)
+
+
+def patch_region_grid(corpus: VlpCorpus, image_size: int,
+                      patch_size: int) -> tuple[np.ndarray, list[str]]:
+    """``(int64 [N, g, g] region label per patch, labels)``; see :func:`patch_region_targets`."""
+    masks = resize_uint8(corpus.region_masks, image_size, nearest=True)
+    n = masks.shape[0]
+    g = image_size // patch_size
+    blocks = masks[:, :g * patch_size, :g * patch_size].reshape(n, g, patch_size, g, patch_size)
+    n_values = int(masks.max()) + 1
+    counts = np.stack([(blocks == v).sum(axis=(2, 4)) for v in range(n_values)], axis=-1)
+    major = counts.argmax(axis=-1)  # [n, g, g] region number
+    r = corpus.regions
+    names = np.where(r["role"].astype(str).to_numpy() == "object",
+                     r["class_name"].astype(str).to_numpy(), r["text"].astype(str).to_numpy())
+    labels = ["none"] + sorted(set(names.tolist()) - {"none"})
+    label_id = {t: i for i, t in enumerate(labels)}
+    lut = np.zeros((n, max(n_values, int(r["region"].to_numpy().max(initial=0)) + 1)), np.int64)
+    lut[r["index"].to_numpy(), r["region"].to_numpy()] = [label_id[t] for t in names]
+    return lut[np.arange(n)[:, None, None], major], labels
+
+
+def init_vision_tower(model: Any, std: float, seed: int) -> None:
+    """Redraw the vision tower's weights (see ``ToyVqaSettings.vision_init_std``), seeded."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    vision = model.vision_model
+    with torch.no_grad():
+        for mod in vision.modules():
+            if isinstance(mod, torch.nn.Linear | torch.nn.Conv2d):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * std)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+        emb = vision.embeddings
+        emb.class_embedding.copy_(torch.randn(emb.class_embedding.shape, generator=gen) * std)
+        pos = emb.position_embedding
+        pos.copy_(torch.randn(pos.shape, generator=gen) * std)
+
+
 def _set_determinism(seed: int, threads: int) -> None:
     import random
 
@@ -265,12 +377,17 @@ def _set_determinism(seed: int, threads: int) -> None:
     random.seed(seed)
 
 
-def _optimizer(model: Any, lr: float, weight_decay: float) -> Any:
+def _optimizer(model: Any, lr: float, weight_decay: float, extra: Any = None) -> Any:
     """AdamW; no weight decay on biases, norms and embeddings' position tables."""
+    import itertools
+
     import torch
 
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = model.named_parameters()
+    if extra is not None:
+        named = itertools.chain(named, extra.named_parameters(prefix="region_head"))
+    for name, p in named:
         if not p.requires_grad:
             continue
         if p.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower():
@@ -301,6 +418,8 @@ def fit_toy_vqa(
         model, processor = build_toy_blip_vqa(
             tokenizer, image_size=s.image_size, patch_size=s.patch_size, hidden=s.hidden,
             layers=s.layers, heads=s.heads, text_layers=s.text_layers, seed=s.seed)
+    if s.vision_init_std is not None:
+        init_vision_tower(model, s.vision_init_std, s.seed)
     ip = processor.image_processor
     mean, std = tuple(ip.image_mean), tuple(ip.image_std)
     rows = corpus.qa_rows(TRAIN_SPLIT)
@@ -321,7 +440,30 @@ def fit_toy_vqa(
         f"QA pairs on {len(set(data.image_index.tolist())):,} images, batch {s.batch_size}, "
         f"{s.max_steps} steps (guard {s.max_minutes} min), {torch.get_num_threads()} threads")
 
-    opt = _optimizer(model, s.lr, s.weight_decay)
+    region_head = None
+    params = list(model.parameters())
+    if s.region_loss_weight > 0:
+        if s.region_targets == "rays":
+            self_t, rays, valid, labels = patch_region_rays(corpus, s.image_size, s.patch_size,
+                                                            s.region_reach)
+            region_targets = torch.from_numpy(self_t)
+            region_rays = torch.from_numpy(rays)
+            ray_valid = torch.from_numpy(valid)
+            n_off = 5
+        else:
+            targets, labels = patch_region_targets(corpus, s.image_size, s.patch_size,
+                                                   s.region_reach)
+            region_targets = torch.from_numpy(targets)
+            n_off = targets.shape[-1]
+        region_head = torch.nn.Linear(s.hidden, len(labels) * n_off)
+        g = torch.Generator().manual_seed(s.seed + 1)
+        with torch.no_grad():
+            region_head.weight.copy_(torch.randn(region_head.weight.shape, generator=g) * 0.02)
+            region_head.bias.zero_()
+        params += list(region_head.parameters())
+        log(f"region loss: weight {s.region_loss_weight}, {len(labels)} labels x {n_off} "
+            f"patch offsets")
+    opt = _optimizer(model, s.lr, s.weight_decay, extra=region_head)
     gen = torch.Generator().manual_seed(s.seed)
     model.train()
     sampler = _ImageGroupedSampler(data.image_index, s.questions_per_image, gen)
@@ -330,6 +472,7 @@ def fit_toy_vqa(
     t_last = t_start
     seen_since = 0
     losses: list[float] = []
+    aux_losses: list[float] = []
     stopped_by = "steps"
     step = 0
     loss_first = None
@@ -346,11 +489,31 @@ def fit_toy_vqa(
         first = torch.zeros(int(slots.max()) + 1, dtype=torch.long)
         first[slots.flip(0)] = idx.flip(0)  # one row per image slot -> its image
         pixels = normalise_batch(images[data.image_index[first]], mean, std)
-        loss = vqa_loss(model, pixels, slots, batch)
+        if region_head is None:
+            loss = vqa_loss(model, pixels, slots, batch)
+            total = loss
+        else:
+            embeds = model.vision_model(pixel_values=pixels)[0]
+            loss = vqa_loss(model, pixels, slots, batch, image_embeds=embeds)
+            rows_img = data.image_index[first]
+            if s.region_targets == "rays":
+                logits = region_head(embeds[:, 1:]).reshape(len(rows_img), -1, 5, len(labels))
+                aux = torch.nn.functional.cross_entropy(
+                    logits[:, :, 0].reshape(-1, len(labels)),
+                    region_targets[rows_img].reshape(-1))
+                bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits[:, :, 1:], region_rays[rows_img].float(), reduction="none").sum(-1)
+                aux = aux + bce[:, ray_valid].mean()
+            else:
+                logits = region_head(embeds[:, 1:]).reshape(-1, len(labels))
+                tgt = region_targets[rows_img].reshape(-1)
+                aux = torch.nn.functional.cross_entropy(logits, tgt, ignore_index=-100)
+            total = loss + s.region_loss_weight * aux
+            aux_losses.append(float(aux.detach()))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         if s.grad_clip and s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()
         lv = float(loss.detach())
         losses.append(lv)
@@ -360,8 +523,10 @@ def fit_toy_vqa(
         if (step + 1) % s.log_every == 0 or step == 0 or step + 1 == s.max_steps:
             now = time.perf_counter()
             recent = losses[-s.log_every:]
-            log(f"step {step + 1}/{s.max_steps} epoch {sampler.epoch} loss {np.mean(recent):.4f} "
-                f"lr {lr:.2e} {seen_since / max(now - t_last, 1e-9):.0f} ex/s "
+            aux_txt = (f" region loss {np.mean(aux_losses[-s.log_every:]):.4f}"
+                       if aux_losses else "")
+            log(f"step {step + 1}/{s.max_steps} epoch {sampler.epoch} loss {np.mean(recent):.4f}"
+                f"{aux_txt} lr {lr:.2e} {seen_since / max(now - t_last, 1e-9):.0f} ex/s "
                 f"elapsed {now - t_start:.0f} s")
             t_last = now
             seen_since = 0
@@ -384,6 +549,7 @@ def fit_toy_vqa(
         "examples_per_second": round(steps_done * s.batch_size / max(train_seconds, 1e-9), 1),
         "loss_first": loss_first,
         "loss_final": float(np.mean(losses[-k:])) if losses else None,
+        "region_loss_final": float(np.mean(aux_losses[-k:])) if aux_losses else None,
         "loss_curve": [round(float(np.mean(losses[i:i + k])), 5)
                        for i in range(0, len(losses), k)],
         "n_parameters": n_params,

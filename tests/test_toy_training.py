@@ -36,6 +36,9 @@ from qaclims.vlp.train_toy_vqa import (
     ToyVqaSettings,
     corpus_words,
     fit_toy_vqa,
+    mirror_rows,
+    patch_region_grid,
+    patch_region_rays,
     train_toy_vqa,
     vqa_loss,
 )
@@ -66,6 +69,10 @@ def corpus(corpus_dir):
 
 def test_settings_from_dict_rejects_unknown_keys():
     assert ToyVqaSettings.from_dict({"max_steps": 5}).max_steps == 5
+    assert ToyVqaSettings.from_dict({}).group_repeats == ToyVqaSettings().group_repeats
+    assert ToyVqaSettings.from_dict({"group_repeats": None}).group_repeats == {}
+    with pytest.raises(ValueError, match="group_repeats"):
+        ToyVqaSettings.from_dict({"group_repeats": {"object": 0}})
     assert ToyClipSettings.from_dict({"object_texts": ["class"]}).object_texts == ("class",)
     with pytest.raises(ValueError, match="unknown toy VQA setting"):
         ToyVqaSettings.from_dict({"max_stepz": 5})
@@ -188,6 +195,68 @@ def test_toy_vqa_is_deterministic(corpus):
     c, _, _ = fit_toy_vqa(corpus, ToyVqaSettings(**dict(TINY_VQA, max_steps=4, seed=1)),
                           log=lambda _: None)
     assert not all(torch.equal(sa[k], c.state_dict()[k]) for k in sa)
+
+
+def test_mirror_rows_swap_left_and_right(corpus):
+    rows = corpus.qa_rows("train")
+    mirror = mirror_rows(rows)
+    tid = rows["template_id"].to_numpy()
+    side = np.isin(tid, ["bg_left", "bg_right"])
+    assert side.any() and (mirror[~side] == np.flatnonzero(~side)).all()
+    m = mirror[side]
+    assert set(tid[m]) == {"bg_left", "bg_right"} and (tid[m] != tid[side]).all()
+    for col in ("index", "region"):
+        assert (rows[col].to_numpy()[m] == rows[col].to_numpy()[side]).all()
+    assert (mirror[mirror] == np.arange(len(rows))).all()
+
+
+def test_patch_region_labels_and_rays(corpus):
+    grid, labels = patch_region_grid(corpus, 32, 8)
+    assert grid.shape == (len(corpus.images), 4, 4) and labels[0] == "none"
+    # a context-only image is one region: its text everywhere
+    ctx = corpus.image_table[corpus.image_table["kind"] == "context"]["index"].iloc[0]
+    text = corpus.regions[corpus.regions["index"] == ctx]["text"].iloc[0]
+    assert (grid[ctx] == labels.index(text)).all()
+    self_t, rays, valid, labels2 = patch_region_rays(corpus, 32, 8, reach=2)
+    assert labels2 == labels and (self_t.reshape(grid.shape) == grid).all()
+    rays = rays.reshape(len(grid), 4, 4, 4, len(labels))
+    i = int(corpus.image_table[corpus.image_table["kind"] == "scene"]["index"].iloc[0])
+    y, x = 1, 1
+    expect = [{grid[i, y, 0]}, {grid[i, y, 2], grid[i, y, 3]}, {grid[i, 0, x]},
+              {grid[i, 2, x], grid[i, 3, x]}]  # left, right, up, down within 2 patches
+    for d in range(4):
+        assert set(np.flatnonzero(rays[i, y, x, d]).tolist()) == expect[d]
+    valid = valid.reshape(4, 4, 4)
+    assert not valid[:, 0, 0].any() and not valid[:, 3, 1].any() and not valid[0, :, 2].any()
+    assert valid[1:3, 1:3].all()
+
+
+def test_region_loss_and_mirroring_train_deterministically(corpus):
+    s = ToyVqaSettings(**dict(TINY_VQA, max_steps=6, region_loss_weight=0.5, region_reach=2,
+                              hflip=True))
+    a, _, info = fit_toy_vqa(corpus, s, log=lambda _: None)
+    b, _, _ = fit_toy_vqa(corpus, s, log=lambda _: None)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert info["region_loss_final"] is not None and info["region_loss_final"] > 0
+    plain_settings = ToyVqaSettings(**dict(TINY_VQA, max_steps=6, region_loss_weight=0.0,
+                                           hflip=False, group_repeats={}))
+    plain, _, plain_info = fit_toy_vqa(corpus, plain_settings, log=lambda _: None)
+    assert plain_info["region_loss_final"] is None
+    assert plain.state_dict().keys() == sa.keys()  # the region head is not part of the model
+
+
+def test_vision_tower_initialisation(corpus):
+    zero = ToyVqaSettings(**dict(TINY_VQA, max_steps=0, vision_init_std=None))
+    m0, _, _ = fit_toy_vqa(corpus, zero, log=lambda _: None)
+    m1, _, _ = fit_toy_vqa(corpus, ToyVqaSettings(**dict(TINY_VQA, max_steps=0)),
+                           log=lambda _: None)
+    w0 = m0.vision_model.encoder.layers[0].mlp.fc1.weight
+    w1 = m1.vision_model.encoder.layers[0].mlp.fc1.weight
+    assert float(w0.detach().std()) < 1e-6  # transformers' BLIP vision default (std 1e-10)
+    assert float(w1.detach().std()) == pytest.approx(0.02, rel=0.2)
+    assert torch.equal(m0.text_encoder.embeddings.word_embeddings.weight,
+                       m1.text_encoder.embeddings.word_embeddings.weight)
 
 
 def test_time_guard_stops_training(corpus):

@@ -6,6 +6,19 @@ tower, a word vocabulary of the corpus questions and answers) learns the questio
 all 16 templates of the ``train`` split with the model's own loss (answer tokens from [DEC],
 padding excluded - :func:`blip_training_batch`).
 
+The spatial questions ("what is above / next to / the left side of the cow?") are what a model
+this small learns last, if at all: from the vision tower's transformers initialisation (std
+1e-10) and the QA loss alone it answers them with the class's usual context. Three training aids,
+none of which changes the saved model's architecture, make it look where things are:
+
+- the vision tower starts from N(0, 0.02) weights (``vision_init_std``);
+- an auxiliary loss on the patch tokens (``region_loss_weight``): a linear head, dropped after
+  training, predicts each patch's region label from the corpus region masks and which labels lie
+  within ``region_reach`` patches left, right, above and below it (:func:`patch_region_rays`);
+- left-right mirroring of half the training images, with the "left side" / "right side"
+  answers swapped (``hflip``, :func:`mirror_rows`), and more draws of the spatial templates
+  (``group_repeats``).
+
 Determinism: the step count decides (``max_steps``; the learning-rate schedule is laid out over
 it); ``max_minutes`` only guards against a machine far slower than expected and, when it ends
 training early, the metrics say so (``stopped_by: "time"``). Same seed, same thread count, same
@@ -61,17 +74,21 @@ class ToyVqaSettings:
     # scratch). ``vision_init_std`` redraws them N(0, std) (biases 0); null keeps transformers'.
     vision_init_std: float | None = 0.02
     # Auxiliary dense supervision of the vision tower, during training only (nothing of it is
-    # saved): a linear head on the patch tokens predicts the region label (object class, context
-    # text or none; the majority of the corpus region mask) of each patch and of the patches up to
-    # ``region_reach`` steps left, right, above and below it, so that the patch features carry
-    # what is where - the spatial questions ("what is above / next to the cow?") read exactly
-    # that. Weight 0 turns it off.
-    region_loss_weight: float = 0.0
-    region_reach: int = 1
-    region_targets: str = "offsets"
-    # Data: template groups whose question rows appear this many times in the training table
-    # (e.g. {"object": 3}: the spatial questions, which are learnt last, get 3x the draws).
-    group_repeats: dict[str, int] = field(default_factory=dict)
+    # saved): a linear head on the patch tokens predicts the region label of each patch (object
+    # class, context text or none; the majority of the corpus region mask) and which labels lie
+    # within ``region_reach`` patches to its left, right, above and below, so that the patch
+    # features carry what is where - what the spatial questions ("what is above / the left side
+    # of the cow?") ask. Weight 0 turns it off.
+    region_loss_weight: float = 0.5
+    region_reach: int = 4
+    # Mirror each training image left-right with probability 0.5 and swap its "left side" /
+    # "right side" answers (and region targets): the same scene with the two answers exchanged,
+    # which only a model that looks where things are can fit.
+    hflip: bool = True
+    # Data: question rows of these template ids or groups (a template id wins over its group)
+    # appear this many times in the training table - more draws for the spatial questions,
+    # which are learnt last.
+    group_repeats: dict[str, int] = field(default_factory=lambda: {"object": 3})
     # Optimisation.
     batch_size: int = 128  # questions per step
     # Questions per image in a batch: the vision tower runs once per image and its output serves
@@ -102,11 +119,12 @@ class ToyVqaSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown toy VQA setting(s) {unknown}; known: {sorted(known)}")
-        reps = dict(data.get("group_repeats") or {})
-        bad = {g: r for g, r in reps.items() if not isinstance(r, int) or r < 1}
-        if bad:
-            raise ValueError(f"group_repeats: expected integers >= 1, got {bad}")
-        data["group_repeats"] = reps
+        if "group_repeats" in data:  # absent: the default; null / {}: no repeats
+            reps = dict(data["group_repeats"] or {})
+            bad = {g: r for g, r in reps.items() if not isinstance(r, int) or r < 1}
+            if bad:
+                raise ValueError(f"group_repeats: expected integers >= 1, got {bad}")
+            data["group_repeats"] = reps
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,18 +169,41 @@ class _QaBatches:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def batch(self, idx: Any) -> dict[str, Any]:
+    def batch(self, idx: Any, answer_idx: Any = None) -> dict[str, Any]:
+        """Questions of rows ``idx`` with the answers of rows ``answer_idx`` (default: idx)."""
+        a_idx = idx if answer_idx is None else answer_idx
         qm = self.attention_mask[idx]
-        am = self.decoder_attention_mask[idx]
+        am = self.decoder_attention_mask[a_idx]
         lq = int(qm.sum(1).max())
         la = int(am.sum(1).max())
         return {
             "input_ids": self.input_ids[idx, :lq],
             "attention_mask": qm[:, :lq],
-            "decoder_input_ids": self.decoder_input_ids[idx, :la],
+            "decoder_input_ids": self.decoder_input_ids[a_idx, :la],
             "decoder_attention_mask": am[:, :la],
-            "labels": self.labels[idx, :la],
+            "labels": self.labels[a_idx, :la],
         }
+
+
+#: Templates whose answers swap when the image is mirrored left-right.
+MIRRORED_TEMPLATES = {"bg_left": "bg_right", "bg_right": "bg_left"}
+
+
+def mirror_rows(rows: Any) -> np.ndarray:
+    """Per QA row, the row holding its answer for the left-right mirrored image: the same
+    object's "right side" row for a "left side" row and vice versa, itself otherwise."""
+    tids = rows["template_id"].astype(str).to_numpy()
+    keys = list(zip(rows["index"].to_numpy().tolist(), rows["region"].to_numpy().tolist(),
+                    tids.tolist(), strict=True))
+    first: dict[tuple, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    out = np.arange(len(rows))
+    for i, (idx, region, tid) in enumerate(keys):
+        other = MIRRORED_TEMPLATES.get(tid)
+        if other is not None:
+            out[i] = first.get((idx, region, other), i)
+    return out
 
 
 class _ImageGroupedSampler:
@@ -271,36 +312,6 @@ def vqa_loss(model: Any, pixels: Any, slots: Any, batch: dict[str, Any],
     return out.loss.mean()
 
 
-def region_offsets(reach: int) -> list[tuple[int, int]]:
-    """(dy, dx) patch offsets of the region targets: the patch itself, then left, right, above,
-    below at distance 1, then 2, ... ``reach``."""
-    out = [(0, 0)]
-    for d in range(1, reach + 1):
-        out += [(0, -d), (0, d), (-d, 0), (d, 0)]
-    return out
-
-
-def patch_region_targets(corpus: VlpCorpus, image_size: int, patch_size: int,
-                         reach: int) -> tuple[np.ndarray, list[str]]:
-    """Region label targets per image and patch: ``(int64 [N, g*g, len(offsets)], labels)``.
-
-    A patch's label is that of the region covering most of its pixels (ties: the lower region
-    number): the object's class name, the context's text, or "none" (clutter / nothing). Offset
-    targets that fall outside the image are -100 (ignored by the loss).
-    """
-    grid, labels = patch_region_grid(corpus, image_size, patch_size)
-    n, g = grid.shape[:2]
-    offsets = region_offsets(reach)
-    out = np.full((n, g, g, len(offsets)), -100, np.int64)
-    for k, (dy, dx) in enumerate(offsets):
-        ys = slice(max(0, -dy), g - max(0, dy))
-        xs = slice(max(0, -dx), g - max(0, dx))
-        yt = slice(max(0, dy), g - max(0, -dy))
-        xt = slice(max(0, dx), g - max(0, -dx))
-        out[:, ys, xs, k] = grid[:, yt, xt]
-    return out.reshape(n, g * g, len(offsets)), labels
-
-
 def patch_region_rays(corpus: VlpCorpus, image_size: int, patch_size: int,
                       reach: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per image and patch: its region label and, for each direction (left, right, up, down),
@@ -330,7 +341,9 @@ def patch_region_rays(corpus: VlpCorpus, image_size: int, patch_size: int,
 
 def patch_region_grid(corpus: VlpCorpus, image_size: int,
                       patch_size: int) -> tuple[np.ndarray, list[str]]:
-    """``(int64 [N, g, g] region label per patch, labels)``; see :func:`patch_region_targets`."""
+    """``(int64 [N, g, g] region label per patch, labels)``: the label of the region covering
+    most of the patch (ties: the lower region number) - the object's class name, the context's
+    text, or "none" (clutter / nothing)."""
     masks = resize_uint8(corpus.region_masks, image_size, nearest=True)
     n = masks.shape[0]
     g = image_size // patch_size
@@ -428,7 +441,8 @@ def fit_toy_vqa(
     if s.group_repeats:
         import pandas as pd
 
-        reps = rows["group"].map(lambda g: s.group_repeats.get(str(g), 1)).to_numpy()
+        reps = np.array([s.group_repeats.get(str(t), s.group_repeats.get(str(g), 1))
+                         for t, g in zip(rows["template_id"], rows["group"], strict=True)])
         rows = pd.DataFrame(rows.to_dict("list")).loc[np.repeat(np.arange(len(rows)), reps)]
         rows = rows.reset_index(drop=True)
     data = _QaBatches(tokenizer, rows)
@@ -440,29 +454,24 @@ def fit_toy_vqa(
         f"QA pairs on {len(set(data.image_index.tolist())):,} images, batch {s.batch_size}, "
         f"{s.max_steps} steps (guard {s.max_minutes} min), {torch.get_num_threads()} threads")
 
+    mirror = torch.from_numpy(mirror_rows(rows)) if s.hflip else None
     region_head = None
     params = list(model.parameters())
     if s.region_loss_weight > 0:
-        if s.region_targets == "rays":
-            self_t, rays, valid, labels = patch_region_rays(corpus, s.image_size, s.patch_size,
-                                                            s.region_reach)
-            region_targets = torch.from_numpy(self_t)
-            region_rays = torch.from_numpy(rays)
-            ray_valid = torch.from_numpy(valid)
-            n_off = 5
-        else:
-            targets, labels = patch_region_targets(corpus, s.image_size, s.patch_size,
-                                                   s.region_reach)
-            region_targets = torch.from_numpy(targets)
-            n_off = targets.shape[-1]
-        region_head = torch.nn.Linear(s.hidden, len(labels) * n_off)
+        self_t, rays, valid, labels = patch_region_rays(corpus, s.image_size, s.patch_size,
+                                                        s.region_reach)
+        grid = s.image_size // s.patch_size
+        region_self = torch.from_numpy(self_t).view(-1, grid, grid)
+        region_rays = torch.from_numpy(rays).view(-1, grid, grid, 4, len(labels))
+        ray_valid = torch.from_numpy(valid)  # left-right symmetric: holds for mirrored images
+        region_head = torch.nn.Linear(s.hidden, 5 * len(labels))
         g = torch.Generator().manual_seed(s.seed + 1)
         with torch.no_grad():
             region_head.weight.copy_(torch.randn(region_head.weight.shape, generator=g) * 0.02)
             region_head.bias.zero_()
         params += list(region_head.parameters())
-        log(f"region loss: weight {s.region_loss_weight}, {len(labels)} labels x {n_off} "
-            f"patch offsets")
+        log(f"region loss: weight {s.region_loss_weight}, {len(labels)} labels, reach "
+            f"{s.region_reach} patches")
     opt = _optimizer(model, s.lr, s.weight_decay, extra=region_head)
     gen = torch.Generator().manual_seed(s.seed)
     model.train()
@@ -485,29 +494,35 @@ def fit_toy_vqa(
                    schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = data.batch(idx)
         first = torch.zeros(int(slots.max()) + 1, dtype=torch.long)
         first[slots.flip(0)] = idx.flip(0)  # one row per image slot -> its image
-        pixels = normalise_batch(images[data.image_index[first]], mean, std)
+        img_rows = data.image_index[first]
+        pixels = normalise_batch(images[img_rows], mean, std)
+        flip = None
+        if mirror is not None:
+            flip = torch.rand(len(first), generator=gen) < 0.5
+            pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+            batch = data.batch(idx, torch.where(flip[slots], mirror[idx], idx))
+        else:
+            batch = data.batch(idx)
         if region_head is None:
             loss = vqa_loss(model, pixels, slots, batch)
             total = loss
         else:
             embeds = model.vision_model(pixel_values=pixels)[0]
             loss = vqa_loss(model, pixels, slots, batch, image_embeds=embeds)
-            rows_img = data.image_index[first]
-            if s.region_targets == "rays":
-                logits = region_head(embeds[:, 1:]).reshape(len(rows_img), -1, 5, len(labels))
-                aux = torch.nn.functional.cross_entropy(
-                    logits[:, :, 0].reshape(-1, len(labels)),
-                    region_targets[rows_img].reshape(-1))
-                bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits[:, :, 1:], region_rays[rows_img].float(), reduction="none").sum(-1)
-                aux = aux + bce[:, ray_valid].mean()
-            else:
-                logits = region_head(embeds[:, 1:]).reshape(-1, len(labels))
-                tgt = region_targets[rows_img].reshape(-1)
-                aux = torch.nn.functional.cross_entropy(logits, tgt, ignore_index=-100)
+            t_self, t_rays = region_self[img_rows], region_rays[img_rows].float()
+            if flip is not None:  # mirror the patch grid; left and right rays swap
+                t_self = torch.where(flip[:, None, None], t_self.flip(2), t_self)
+                t_rays = torch.where(flip[:, None, None, None, None],
+                                     t_rays.flip(2)[:, :, :, [1, 0, 2, 3]], t_rays)
+            logits = region_head(embeds[:, 1:]).view(len(img_rows), -1, 5, len(labels))
+            aux = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, len(labels)),
+                                                    t_self.reshape(-1))
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[:, :, 1:], t_rays.view(len(img_rows), -1, 4, len(labels)),
+                reduction="none").sum(-1)
+            aux = aux + bce[:, ray_valid].mean()
             total = loss + s.region_loss_weight * aux
             aux_losses.append(float(aux.detach()))
         opt.zero_grad(set_to_none=True)

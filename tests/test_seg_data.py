@@ -188,3 +188,37 @@ def test_sampler_ranks_partition_the_global_batch() -> None:
         assert sorted(r0.batch(k) + r1.batch(k), key=lambda t: t[1]) == single.batch(k)
     with pytest.raises(ValueError):
         DrawBatchSampler(n=7, batch_size=2, rank=2, world_size=2)
+
+
+def test_network_input_styles() -> None:
+    from qaclims.seg.data import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, network_input
+
+    bgr = np.zeros((2, 3, 3), np.float32)
+    bgr[0, 0] = (255.0, 0.0, 51.0)  # B, G, R
+    caffe = network_input(bgr, "caffe")
+    assert np.allclose(caffe[0, 0], np.array((255.0, 0.0, 51.0)) - np.array(MEAN_BGR))
+    imnet = network_input(bgr, "imagenet")
+    rgb = np.array((0.2, 0.0, 1.0))  # channels now R, G, B in [0, 1]
+    assert np.allclose(imnet[0, 0], (rgb - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB, atol=1e-6)
+    mean_pixel = (np.array(IMAGENET_MEAN_RGB)[::-1] * 255).astype(np.float32)[None, None]
+    assert np.abs(network_input(mean_pixel, "imagenet")).max() < 1e-5  # padding maps to 0
+    with pytest.raises(ValueError, match="input_norm"):
+        network_input(bgr, "rgb")
+
+
+def test_dataset_serves_imagenet_normalised_rgb(tmp_path: Path) -> None:
+    manifest, labels = make_seg_manifest(tmp_path, n=2, size=(20, 24))
+    rows = rows_for_split(manifest, "train")
+    caffe = SegTrainDataset(rows, labels, crop=32, scales=[1.0], flip=False, seed=0)
+    imnet = SegTrainDataset(rows, labels, crop=32, scales=[1.0], flip=False, seed=0,
+                            input_norm="imagenet")
+    a, _ = caffe[(0, 5)]
+    b, _ = imnet[(0, 5)]
+    from qaclims.seg.data import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+    bgr = a[:, :20, :24].numpy() + np.array(MEAN_BGR, np.float32)[:, None, None]
+    expect = (bgr[::-1] / 255 - np.array(IMAGENET_MEAN_RGB)[:, None, None]) \
+        / np.array(IMAGENET_STD_RGB)[:, None, None]
+    assert np.allclose(b[:, :20, :24].numpy(), expect, atol=1e-4)
+    with pytest.raises(ValueError, match="input_norm"):
+        SegTrainDataset(rows, labels, crop=32, input_norm="bgr")

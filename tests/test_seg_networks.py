@@ -244,3 +244,14 @@ def test_calibrate_batchnorm_sets_batch_statistics(r18: MSC) -> None:
     r18.eval()
     with torch.no_grad():
         assert r18.base(x).abs().mean() < 5
+
+
+def test_auto_input_norm_follows_the_init_layout(tmp_path: Path) -> None:
+    from qaclims.seg.train import resolve_input_norm
+
+    path = tmp_path / "deeplabv1_resnet50-imagenet.pth"
+    torch.save(_kazuto_resnet50_state(), path)
+    assert resolve_input_norm("auto", build_deeplab("resnet50", 5, path)) == "caffe"
+    plain = build_deeplab("resnet18", 3, None)
+    assert resolve_input_norm("auto", plain) == "imagenet"
+    assert resolve_input_norm("caffe", plain) == "caffe"

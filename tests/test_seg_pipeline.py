@@ -116,6 +116,11 @@ def test_train_predict_evaluate(tmp_path: Path, data) -> None:
     assert float(rows[-1][1]) == pytest.approx(summary["final_loss"], rel=1e-4)
     payload = torch.load(model, map_location="cpu", weights_only=True)
     assert payload["n_classes"] == 3 and payload["arch"] == "resnet18"
+    # random init is torchvision-layout: "auto" resolved to ImageNet input, read back at predict
+    assert payload["meta"]["input_norm"] == "imagenet"
+    from qaclims.seg.pipeline import checkpoint_input
+
+    assert checkpoint_input(model)[1] == "imagenet"
 
     pred = tmp_path / "deeplab" / "predictions" / "val"
     out = run_predict_deeplab(model, manifest, "val", pred, threads=1,

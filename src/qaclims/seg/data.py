@@ -11,6 +11,9 @@ exactly as CLIMS ``segmentation/deeplabv2/libs/datasets/base.py`` does (method.m
 4. random ``crop`` x ``crop`` window (``random.randint`` offsets, both ends inclusive);
 5. horizontal flip with probability 1/2;
 6. subtract the mean BGR ``(104.008, 116.669, 122.675)``; no division by a std; HWC -> CHW.
+   That is the input of the authors' caffe-converted init. Torchvision-format weights (ImageNet
+   files, the demo's toy backbone) were trained on RGB in [0, 1] normalised by the ImageNet
+   mean/std instead: ``input_norm="imagenet"`` (:func:`network_input`).
 
 The random draws (scale, row offset, column offset, flip - in that order) come from a
 ``random.Random`` seeded by ``(seed, draw)``, where ``draw`` is the sample's position in the
@@ -40,6 +43,26 @@ from qaclims.store import read_label_png
 MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
 IGNORE_INDEX = 255
 VOC_TRAIN_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+INPUT_NORMS = ("caffe", "imagenet")
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def network_input(bgr: np.ndarray, input_norm: str = "caffe",
+                  mean_bgr: Sequence[float] = MEAN_BGR) -> np.ndarray:
+    """A float32 BGR 0-255 image [H, W, 3] as the network's input [H, W, 3] (still HWC).
+
+    ``caffe``: BGR minus ``mean_bgr`` (the authors' caffe-converted init); ``imagenet``: RGB in
+    [0, 1] minus the ImageNet mean, divided by its std (torchvision-format weights). A pixel of
+    the mean colour (the padding) maps to ~0 either way.
+    """
+    if input_norm == "caffe":
+        return bgr - np.asarray(mean_bgr, dtype=np.float32)
+    if input_norm == "imagenet":
+        rgb = bgr[:, :, ::-1] / np.float32(255.0)
+        return ((rgb - np.asarray(IMAGENET_MEAN_RGB, np.float32))
+                / np.asarray(IMAGENET_STD_RGB, np.float32)).astype(np.float32)
+    raise ValueError(f"input_norm must be one of {list(INPUT_NORMS)}, got {input_norm!r}")
 
 
 def rows_for_split(manifest: Any, split: str) -> Any:
@@ -129,7 +152,11 @@ class SegTrainDataset(Dataset):
         flip: bool = True,
         seed: int = 0,
         ignore_index: int = IGNORE_INDEX,
+        input_norm: str = "caffe",
     ) -> None:
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {list(INPUT_NORMS)}, got {input_norm!r}")
+        self.input_norm = input_norm
         self.label_dir = Path(label_dir)
         if not self.label_dir.is_dir():
             raise FileNotFoundError(f"label directory {self.label_dir} does not exist")
@@ -177,7 +204,7 @@ class SegTrainDataset(Dataset):
         image, label = augment(image, label, scales=self.scales, crop=self.crop,
                                mean_bgr=self.mean_bgr, flip=self.flip, rng=self.rng(draw),
                                ignore_index=self.ignore_index)
-        image = image - np.asarray(self.mean_bgr, dtype=np.float32)
+        image = network_input(image, self.input_norm, self.mean_bgr)
         return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                 torch.from_numpy(label.astype(np.int64)))
 

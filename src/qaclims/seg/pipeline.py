@@ -149,16 +149,18 @@ def run_train_deeplab(manifest: PathLike, classes: PathLike, label_dir: PathLike
 
 
 # -- prediction -----------------------------------------------------------------------------
-def checkpoint_mean_bgr(path: PathLike) -> tuple[float, float, float]:
-    """The mean BGR the model was trained with (its checkpoint's settings; else the authors')."""
+def checkpoint_input(path: PathLike) -> tuple[tuple[float, float, float], str]:
+    """``(mean_bgr, input_norm)`` the model was trained with (its checkpoint's meta; files
+    without them: the authors' mean and caffe-style input)."""
     import torch
 
     from qaclims.seg.predict import MEAN_BGR
 
     payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    meta = payload.get("meta") if isinstance(payload, dict) else None
-    mean = ((meta or {}).get("settings") or {}).get("mean_bgr")
-    return tuple(float(m) for m in mean) if mean else MEAN_BGR  # type: ignore[return-value]
+    meta = (payload.get("meta") if isinstance(payload, dict) else None) or {}
+    mean = (meta.get("settings") or {}).get("mean_bgr")
+    mean_bgr = tuple(float(m) for m in mean) if mean else MEAN_BGR
+    return mean_bgr, str(meta.get("input_norm", "caffe"))  # type: ignore[return-value]
 
 
 def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
@@ -181,8 +183,9 @@ def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
     workers = s.crf_workers if s.crf_workers is not None else (threads if threads > 1 else 0)
     log.info("predicting %r with %s (MSC scales 1 + %s, flip %s, CRF %s)", split, model_path,
              list(model.scales), s.flip, s.crf_params if s.crf else "off")
+    mean_bgr, input_norm = checkpoint_input(model_path)
     return predict_split(model, manifest, split, out_dir, flip=s.flip, crf=s.crf_config(),
-                         mean_bgr=checkpoint_mean_bgr(model_path), crf_workers=workers, log=log)
+                         mean_bgr=mean_bgr, input_norm=input_norm, crf_workers=workers, log=log)
 
 
 def run_voc_test_submission(manifest: PathLike, split: str, pred_dir: PathLike,

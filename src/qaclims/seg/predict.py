@@ -99,15 +99,18 @@ def dense_crf(image_rgb: np.ndarray, probs: np.ndarray, params: CrfParams = CrfP
     return np.asarray(q, dtype=np.float32).reshape(c, h, w)
 
 
-def _to_input(image_rgb: np.ndarray, mean_bgr: Sequence[float], device: Any) -> Any:
+def _to_input(image_rgb: np.ndarray, mean_bgr: Sequence[float], device: Any,
+              input_norm: str = "caffe") -> Any:
     import torch
 
-    bgr = image_rgb[:, :, ::-1].astype(np.float32) - np.asarray(mean_bgr, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None].to(device)
+    from qaclims.seg.data import network_input
+
+    x = network_input(image_rgb[:, :, ::-1].astype(np.float32), input_norm, mean_bgr)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
 
 
 def predict_probs(model: Any, image_rgb: np.ndarray, *, flip: bool = False,
-                  mean_bgr: Sequence[float] = MEAN_BGR) -> Any:
+                  mean_bgr: Sequence[float] = MEAN_BGR, input_norm: str = "caffe") -> Any:
     """Softmax [C, H, W] (a torch tensor on the model's device) of an RGB uint8 image."""
     import torch
     import torch.nn.functional as F
@@ -117,7 +120,7 @@ def predict_probs(model: Any, image_rgb: np.ndarray, *, flip: bool = False,
     model.eval()
     h, w = image_rgb.shape[:2]
     with torch.inference_mode():
-        x = _to_input(image_rgb, mean_bgr, device)
+        x = _to_input(image_rgb, mean_bgr, device, input_norm)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
         logits = model(batch)
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
@@ -129,12 +132,12 @@ def predict_probs(model: Any, image_rgb: np.ndarray, *, flip: bool = False,
 
 def predict_image(model: Any, image_uint8: np.ndarray, *, flip: bool = False,
                   crf: CrfParams | None = None,
-                  mean_bgr: Sequence[float] = MEAN_BGR) -> np.ndarray:
+                  mean_bgr: Sequence[float] = MEAN_BGR, input_norm: str = "caffe") -> np.ndarray:
     """Label map (uint8 [H, W], 0 = background) of one RGB uint8 image [H, W, 3] (or grey)."""
     import torch
 
     image_rgb = _as_rgb(image_uint8)
-    probs = predict_probs(model, image_rgb, flip=flip, mean_bgr=mean_bgr)
+    probs = predict_probs(model, image_rgb, flip=flip, mean_bgr=mean_bgr, input_norm=input_norm)
     if crf is None:
         return probs.argmax(0).to(torch.uint8).cpu().numpy()
     refined = dense_crf(image_rgb, probs.float().cpu().numpy(), crf, mean_bgr)
@@ -167,6 +170,7 @@ def predict_split(
     flip: bool = False,
     crf: CrfParams | None = None,
     mean_bgr: Sequence[float] = MEAN_BGR,
+    input_norm: str = "caffe",
     image_ids: Iterable[str] | None = None,
     crf_workers: int = 0,
     log: logging.Logger | None = None,
@@ -202,9 +206,11 @@ def predict_split(
             target = str(out_dir / f"{image_id}.png")
             if pool is None:
                 write_label_png(predict_image(model, image, flip=flip, crf=crf,
-                                              mean_bgr=mean_bgr), target)
+                                              mean_bgr=mean_bgr, input_norm=input_norm),
+                                target)
             else:
-                probs = predict_probs(model, image, flip=flip, mean_bgr=mean_bgr)
+                probs = predict_probs(model, image, flip=flip, mean_bgr=mean_bgr,
+                                      input_norm=input_norm)
                 pending.add(pool.submit(_crf_and_write, image, probs.float().cpu().numpy(),
                                         crf, tuple(mean_bgr), target))
                 if len(pending) >= 2 * crf_workers:  # bound the memory held by queued maps

@@ -90,6 +90,7 @@ class SegTrainSettings(_Settings):
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
     flip: bool = True
     mean_bgr: tuple[float, float, float] = (104.008, 116.669, 122.675)
+    input_norm: str = "auto"
     loss: str = "balanced"
     lr: float = 2.5e-4
     momentum: float = 0.9
@@ -132,6 +133,8 @@ class SegTrainSettings(_Settings):
         _check_numbers(prefix, "mean_bgr", self.mean_bgr, positive=False, min_len=3)
         if len(self.mean_bgr) != 3:
             _fail(prefix, "mean_bgr", "3 numbers (B, G, R)", list(self.mean_bgr))
+        if self.input_norm not in ("auto", "caffe", "imagenet"):
+            _fail(prefix, "input_norm", "'auto', 'caffe' or 'imagenet'", self.input_norm)
         if not isinstance(self.flip, bool):
             _fail(prefix, "flip", "true or false", self.flip)
         if self.loss not in LOSSES:

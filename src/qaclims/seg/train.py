@@ -39,6 +39,7 @@ import torch
 
 from qaclims.seg import losses
 from qaclims.seg.data import (
+    INPUT_NORMS,
     MEAN_BGR,
     VOC_TRAIN_SCALES,
     DrawBatchSampler,
@@ -85,6 +86,10 @@ class DeepLabSettings:
     scales: tuple[float, ...] = VOC_TRAIN_SCALES
     flip: bool = True
     mean_bgr: tuple[float, float, float] = MEAN_BGR
+    # Network input (qaclims.seg.data.network_input): "caffe" (BGR minus mean_bgr, the authors'
+    # converted init), "imagenet" (torchvision's RGB mean/std) or "auto" - caffe exactly when
+    # the init weights are in the caffe layout. The resolved value is saved with the model.
+    input_norm: str = "auto"
     loss: str = "balanced"
     lr: float = 2.5e-4
     momentum: float = 0.9
@@ -119,6 +124,9 @@ class DeepLabSettings:
             problems.append(f"scales must be positive, got {list(self.scales)}")
         if len(self.mean_bgr) != 3:
             problems.append(f"mean_bgr needs 3 values, got {list(self.mean_bgr)}")
+        if self.input_norm not in ("auto", *INPUT_NORMS):
+            problems.append(f"input_norm must be one of {['auto', *INPUT_NORMS]}, "
+                            f"got {self.input_norm!r}")
         if self.bn_calibration_batches < 0:
             problems.append("bn_calibration_batches must be >= 0, "
                             f"got {self.bn_calibration_batches}")
@@ -142,6 +150,15 @@ class DeepLabSettings:
     def result_dict(self) -> dict[str, Any]:
         """The settings that change the trained weights (hashed for the resume guard)."""
         return {k: v for k, v in self.to_dict().items() if k not in self.OPERATIONAL}
+
+
+def resolve_input_norm(input_norm: str, model: torch.nn.Module) -> str:
+    """``input_norm`` with "auto" resolved: "caffe" when the built model has the caffe layout
+    (the authors' converted init), else "imagenet" (torchvision-format or random weights)."""
+    if input_norm != "auto":
+        return input_norm
+    caffe = any(getattr(m, "caffe_layout", False) for m in model.modules())
+    return "caffe" if caffe else "imagenet"
 
 
 def settings_hash(settings: DeepLabSettings, init_fingerprint: str, data_fingerprint: str) -> str:
@@ -283,20 +300,21 @@ def train_deeplab(
     device = _device(settings.device)
     per_rank = settings.batch_size // world
     rows = rows_for_split(manifest, split)
-    dataset = SegTrainDataset(rows, label_dir, crop=settings.crop, scales=settings.scales,
-                              mean_bgr=settings.mean_bgr, flip=settings.flip, seed=settings.seed)
-    digest = settings_hash(settings, init_fingerprint(settings),
-                           training_data_fingerprint(dataset))
-    log.info("DeepLab %s: %d images of %r, labels %s, %d iterations x %d x %d crops, hash %s",
-             settings.arch, len(dataset), split, label_dir, settings.iterations,
-             settings.iter_size, settings.batch_size, digest[:12])
-
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed % 2**32)
     random.seed(settings.seed)
     model = build_deeplab(settings.arch, settings.n_classes, settings.init,
                           caffe_layout=settings.caffe_layout, rates=settings.aspp_rates,
                           msc_scales=settings.msc_scales).to(device)
+    input_norm = resolve_input_norm(settings.input_norm, model)
+    dataset = SegTrainDataset(rows, label_dir, crop=settings.crop, scales=settings.scales,
+                              mean_bgr=settings.mean_bgr, flip=settings.flip, seed=settings.seed,
+                              input_norm=input_norm)
+    digest = settings_hash(settings, init_fingerprint(settings),
+                           training_data_fingerprint(dataset))
+    log.info("DeepLab %s: %d images of %r, labels %s, %d iterations x %d x %d crops, %s input, "
+             "hash %s", settings.arch, len(dataset), split, label_dir, settings.iterations,
+             settings.iter_size, settings.batch_size, input_norm, digest[:12])
     model.train()
     optimizer = make_optimizer(model, settings.lr, settings.momentum, settings.weight_decay,
                                settings.aspp_weight_lr_mult, settings.aspp_bias_lr_mult)
@@ -378,6 +396,7 @@ def train_deeplab(
     if rank == 0:
         save_deeplab_checkpoint(model, out_checkpoint, settings.arch, meta={
             "settings": settings.to_dict(), "settings_hash": digest, "split": split,
+            "input_norm": input_norm,
             "label_dir": str(label_dir), "iterations": settings.iterations,
             "final_loss": curve[-1] if curve else None,
         })

@@ -27,9 +27,13 @@ from qaclims.vlp.toy_quality import (
 from qaclims.vlp.train_toy_clip import (
     ToyClipSettings,
     batch_counts,
+    blend_masks,
+    blend_targets,
+    build_clip_data,
     fit_toy_clip,
     multi_positive_loss,
     object_positive_texts,
+    soft_target_loss,
     train_toy_clip,
 )
 from qaclims.vlp.train_toy_vqa import (
@@ -295,6 +299,68 @@ def test_toy_clip_trains_saves_loads_and_reports(corpus_dir, tmp_path):
     assert f.shape == (2, 16) and g.shape == (2, 16)
     assert torch.isfinite(f).all() and torch.isfinite(g).all()
     assert model.tokenizer.eot_id == model.tokenizer.vocab_size - 1
+
+
+def _region_map():
+    # regions 1 (top-left 2x2), 2 (top-right 2x2), 3 (bottom half); 4 has no text
+    m = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 3, 3], [3, 3, 4, 4]], dtype=torch.uint8)
+    rt = torch.full((1, 256), -1, dtype=torch.long)
+    rt[0, 1], rt[0, 2], rt[0, 3] = 10, 11, 12
+    return m[None], rt
+
+
+def test_blend_targets_are_the_mask_mass_per_text():
+    maps, rt = _region_map()
+    w = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0],
+                       [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.9, 0.9]]])
+    text_map = torch.gather(rt, 1, maps.reshape(1, -1).long()).view(maps.shape)
+    q = blend_targets(w, text_map, [12, 11, 10, 99])
+    # region 1: 4 px x 0.5 = 2, region 2: 4 px x 1 = 4, region 3: 0; region 4 has no text
+    assert torch.allclose(q, torch.tensor([[0.0, 4 / 6, 2 / 6, 0.0]]))
+
+
+def test_blend_masks_keep_whole_regions_at_one_strength():
+    maps, rt = _region_map()
+    maps, rt = maps.repeat(64, 1, 1), rt.repeat(64, 1)
+    w = blend_masks(maps, rt, torch.Generator().manual_seed(0), keep=0.5, min_strength=0.2,
+                    max_blur=1)
+    assert ((w >= 0) & (w <= 1)).all()
+    for i in range(64):
+        values = [torch.unique(w[i][maps[i] == r]) for r in (1, 2, 3, 4)]
+        assert all(len(v) == 1 for v in values)  # no blur: one strength per region
+        assert float(values[3]) == 0.0  # a region without text is never kept
+        kept = [float(v) for v in values[:3] if float(v) > 0]
+        assert kept and all(0.2 <= v <= 1.0 for v in kept)  # at least one region, in range
+    # blurred masks spread over region borders but stay in [0, 1]
+    wb = blend_masks(maps, rt, torch.Generator().manual_seed(0), 0.5, 0.2, max_blur=3)
+    assert ((wb >= 0) & (wb <= 1 + 1e-6)).all() and not torch.equal(wb, w)
+
+
+def test_soft_target_loss_is_lowest_at_the_target_distribution():
+    txt = torch.eye(3)
+    target = torch.tensor([[0.75, 0.25, 0.0]])
+    good = torch.nn.functional.normalize(torch.tensor([[1.0, 0.5, -1.0]]), dim=1)
+    bad = torch.nn.functional.normalize(torch.tensor([[0.5, 1.0, -1.0]]), dim=1)
+    scale = torch.tensor(5.0)
+    assert soft_target_loss(good, txt, target, scale) < soft_target_loss(bad, txt, target, scale)
+    one_hot = torch.tensor([[1.0, 0.0, 0.0]])
+    expected = -torch.log_softmax(scale * good @ txt.T, 1)[0, 0]
+    assert soft_target_loss(good, txt, one_hot, scale).item() == pytest.approx(expected.item())
+
+
+def test_clip_data_maps_regions_to_class_and_context_texts(corpus):
+    data = build_clip_data(corpus, ToyClipSettings(**TINY_CLIP))
+    r = corpus.regions
+    row = r[r["role"] == "object"].iloc[0]
+    assert data.texts[int(data.region_text[row["index"], row["region"]])] == \
+        f"a photo of {row['class_name']}."
+    row = r[r["role"] == "context"].iloc[0]
+    assert data.texts[int(data.region_text[row["index"], row["region"]])] == \
+        f"a photo of {row['text']}."
+    assert set(data.region_text[data.region_text >= 0].tolist()) <= set(data.vocab_ids)
+    assert len(data.samples["blend"]) == len(corpus.split_indices("train"))
+    with pytest.raises(ValueError, match="blend_keep"):
+        ToyClipSettings.from_dict({"blend_keep": 0})
 
 
 def test_toy_clip_is_deterministic(corpus):

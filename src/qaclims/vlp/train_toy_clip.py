@@ -14,7 +14,15 @@ the ``train`` split:
 - **context regions** the same way, with the context word ("a photo of water.");
 - optionally (``mix_background``) the **complement of an object region** (what the pipeline
   feeds as background) with that object's background answers ("a photo of water.", "a photo of
-  harbor.", "a photo of aeroplane." for the plane next to it), the texts BRC uses.
+  harbor.", "a photo of aeroplane." for the plane next to it), the texts BRC uses;
+- optionally (``mix_blend``) **blends**: a random subset of an image's object and context
+  regions, each at a random strength, the mask blurred like an upsampled CAM - what RITC feeds
+  while its CAM is still wrong (``P * img`` with part object, part context). The target is a
+  soft distribution over the class and context texts, each text's share being the mask's mass
+  on its pixels (:func:`blend_targets`). Web-scale CLIP sees every mixture of things and grades
+  its similarities by what is visible; a toy CLIP trained on clean regions only has no such
+  grading, and RITC's gradient then finds CAMs that satisfy it without covering the object
+  (issue #5: optimising a CAM directly under the loss lowered its mIoU).
 
 Trap (environment.md): a batch holds few distinct texts, so the plain CLIP loss (diagonal
 targets) would treat identical captions as negatives. Texts are deduplicated per batch and the
@@ -86,6 +94,13 @@ class ToyClipSettings:
     # background texts: its surrounding-object and scene answers, minus the class name - the
     # set BRC contrasts the background with (method.md 3.2).
     mix_background: float = 0.15
+    # Blends of an image's regions with soft targets (see the module doc): each region kept
+    # with probability ``blend_keep`` at a strength in [blend_min_strength, 1], the mask then
+    # box-blurred over 1 to ``blend_max_blur`` pixels (a CAM upsampled from stride 16).
+    mix_blend: float = 0.4
+    blend_keep: float = 0.5
+    blend_min_strength: float = 0.2
+    blend_max_blur: int = 9
     # Share of region samples whose mask prompt is the whole image (pixels still masked): RITC
     # feeds CLIP a loose prompt (every patch with a CAM value above 10 % of its max) over soft
     # ``P * img`` pixels, so the model must read the region from the pixels, not only from the
@@ -127,6 +142,15 @@ class ToyClipSettings:
         if not all(0 <= v <= 1 for v in shares) or sum(shares) > 1:
             raise ValueError(f"loose_prompt, box_prompt: expected shares in [0, 1] summing to "
                              f"<= 1, got {shares}")
+        if not 0 < data.get("blend_keep", cls.blend_keep) <= 1:
+            raise ValueError(f"blend_keep: expected a probability in (0, 1], got "
+                             f"{data['blend_keep']!r}")
+        if not 0 <= data.get("blend_min_strength", cls.blend_min_strength) <= 1:
+            raise ValueError(f"blend_min_strength: expected a value in [0, 1], got "
+                             f"{data['blend_min_strength']!r}")
+        if int(data.get("blend_max_blur", cls.blend_max_blur)) < 1:
+            raise ValueError(f"blend_max_blur: expected >= 1 pixel, got "
+                             f"{data['blend_max_blur']!r}")
         bad = set(data.get("object_texts", ())) - {"class", "subtype", "fg"}
         if bad:
             raise ValueError(f"object_texts: unknown source(s) {sorted(bad)} "
@@ -166,6 +190,9 @@ class ClipData:
     samples: dict[str, ClipSamples]
     images: Any  # uint8 tensor [N,S,S,3] at the model's size
     masks: Any  # uint8 tensor [N,S,S]
+    # int64 tensor [N, 256]: per image and region value, the text id of the region's class or
+    # context text (-1: no such region); what a blend's soft target is made of.
+    region_text: Any = None
 
 
 def object_positive_texts(corpus: VlpCorpus, rows: Any, sources: tuple[str, ...],
@@ -246,9 +273,18 @@ def build_clip_data(corpus: VlpCorpus, s: ToyClipSettings) -> ClipData:
             "background", obj["index"].to_numpy(np.int64)[keep],
             obj["region"].to_numpy(np.int64)[keep],
             [tuple(tid(t) for t in bg[k]) for k in keep], complement=True)
+    region_text = np.full((len(corpus.images), 256), -1, np.int64)
+    region_text[obj["index"].to_numpy(np.int64), obj["region"].to_numpy(np.int64)] = [
+        tid(prompt(str(c), s.text_prompt)) for c in obj["class_name"]]
+    region_text[ctx["index"].to_numpy(np.int64), ctx["region"].to_numpy(np.int64)] = [
+        tid(prompt(str(t), s.text_prompt)) for t in ctx["text"]]
+    if s.mix_blend > 0:
+        samples["blend"] = ClipSamples("blend", train.astype(np.int64),
+                                       np.zeros(len(train), np.int64), [() for _ in train])
     images = torch.from_numpy(resize_uint8(corpus.images, s.image_size))
     masks = torch.from_numpy(resize_uint8(corpus.region_masks, s.image_size, nearest=True))
-    return ClipData(list(texts), vocab_ids, samples, images, masks)
+    return ClipData(list(texts), vocab_ids, samples, images, masks,
+                    torch.from_numpy(region_text))
 
 
 def batch_counts(batch_size: int, mix: dict[str, float], available: dict[str, int]
@@ -314,6 +350,65 @@ def multi_positive_loss(img: Any, txt: Any, pos: Any, logit_scale: Any) -> Any:
     return 0.5 * (loss_i + loss_t)
 
 
+def blend_masks(masks: Any, region_text: Any, gen: Any, keep: float, min_strength: float,
+                max_blur: int) -> Any:
+    """Soft blend masks ``[B,S,S]`` in [0, 1] for region maps ``masks`` [B,S,S] (uint8).
+
+    Every region with a text (``region_text`` [B,256] >= 0) is kept with probability ``keep`` at
+    a strength drawn from [min_strength, 1] (at least one region per image: the likeliest
+    draw); the result is box-blurred with an odd kernel of 1..``max_blur`` pixels per sample.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    B = masks.shape[0]
+    present = torch.zeros(B, 256, dtype=torch.bool)
+    present.scatter_(1, masks.reshape(B, -1).long(), True)
+    present &= region_text >= 0
+    u = torch.rand(B, 256, generator=gen)
+    kept = present & (u < keep)
+    none = ~kept.any(1)
+    first = torch.where(present, u, torch.full_like(u, 2.0)).argmin(1)
+    kept[none, first[none]] = True
+    strength = min_strength + (1 - min_strength) * torch.rand(B, 256, generator=gen)
+    w = torch.where(kept, strength, torch.zeros_like(strength))
+    m = torch.gather(w, 1, masks.reshape(B, -1).long()).view(masks.shape)
+    sizes = torch.randint(0, (max_blur + 1) // 2, (B,), generator=gen) * 2 + 1
+    out = torch.empty_like(m)
+    for i in range(B):
+        k = int(sizes[i])
+        out[i] = m[i] if k == 1 else F.avg_pool2d(m[i][None, None], k, stride=1, padding=k // 2,
+                                                  count_include_pad=False)[0, 0]
+    return out
+
+
+def blend_targets(weights: Any, text_map: Any, columns: list[int]) -> Any:
+    """``[B, len(columns)]`` soft targets: the share of each mask's mass ``weights`` [B,S,S] on
+    the pixels whose region text (``text_map`` [B,S,S], -1 none) is each column's text id."""
+    import torch
+
+    B = weights.shape[0]
+    col = {t: j for j, t in enumerate(columns)}
+    flat = text_map.reshape(B, -1).long()
+    # text id -> column; ids that are no column (and -1) go to a dropped extra column
+    lookup = torch.full((max(int(max(columns)), int(flat.max())) + 1,), len(columns),
+                        dtype=torch.long)
+    for t, j in col.items():
+        lookup[t] = j
+    flat = torch.where(flat >= 0, lookup[flat.clamp(min=0)], torch.full_like(flat, len(columns)))
+    q = torch.zeros(B, len(columns) + 1)
+    q.scatter_add_(1, flat, weights.reshape(B, -1).float())
+    q = q[:, :-1]
+    return q / q.sum(1, keepdim=True).clamp(min=1e-8)
+
+
+def soft_target_loss(img: Any, txt: Any, target: Any, logit_scale: Any) -> Any:
+    """Cross-entropy of the image -> text softmax against soft targets ``target`` [B,U]."""
+    import torch
+
+    return -(target * torch.log_softmax(logit_scale * img @ txt.T, dim=1)).sum(1).mean()
+
+
 def grown_boxes(masks: Any, grow: int) -> Any:
     """Each ``[B,1,S,S]`` mask's bounding box, grown by ``grow`` pixels on every side (an
     empty mask stays empty)."""
@@ -344,6 +439,8 @@ def _assemble_batch(data: ClipData, picks: dict[str, Any], gen: Any, mean, std,
 
     idx, reg, comp, positives = [], [], [], []
     for kind, sel in picks.items():
+        if kind == "blend":
+            continue
         smp = data.samples[kind]
         sel_np = sel.numpy()
         idx.append(torch.from_numpy(smp.index[sel_np]))
@@ -375,6 +472,23 @@ def _assemble_batch(data: ClipData, picks: dict[str, Any], gen: Any, mean, std,
             if j is not None:
                 pos[i, j] = True
     return x, prompt_mask, text_ids, pos
+
+
+def _assemble_blends(data: ClipData, sel: Any, gen: Any, mean, std, s: ToyClipSettings
+                     ) -> tuple[Any, Any, Any]:
+    """Blend samples: pixels x soft mask, the mask prompt RITC would give (every pixel with at
+    least 10 % of the mask's maximum, as FAT), and the soft targets over ``data.vocab_ids``."""
+    import torch
+
+    idx = torch.from_numpy(data.samples["blend"].index[sel.numpy()])
+    maps = data.masks[idx]
+    rt = data.region_text[idx]
+    w = blend_masks(maps, rt, gen, s.blend_keep, s.blend_min_strength, s.blend_max_blur)
+    x = normalise_batch(data.images[idx], mean, std) * w[:, None]
+    peak = w.amax(dim=(1, 2), keepdim=True)
+    prompt_mask = (w >= 0.1 * peak).float()[:, None]
+    text_map = torch.gather(rt, 1, maps.reshape(len(idx), -1).long()).view(maps.shape)
+    return x, prompt_mask, blend_targets(w, text_map, data.vocab_ids)
 
 
 def _set_determinism(seed: int, threads: int) -> None:
@@ -411,7 +525,7 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
     n_params = count_parameters(model)
     sizes = {k: len(v) for k, v in data.samples.items()}
     mix = {"image": s.mix_image, "object": s.mix_object, "context": s.mix_context,
-           "background": s.mix_background}
+           "background": s.mix_background, "blend": s.mix_blend}
     counts = batch_counts(s.batch_size, mix, sizes)
     log(f"toy CLIP: {n_params:,} parameters, vocabulary {model.tokenizer.vocab_size}, "
         f"{len(data.texts)} distinct texts; samples {sizes}; per batch {counts}; "
@@ -446,11 +560,22 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
         picks = {k: sampler.take(k, n) for k, n in counts.items()}
         x, m, text_ids, pos = _assemble_batch(data, picks, gen, model.mean, model.std,
                                               s.loose_prompt, s.box_prompt, s.patch_size)
+        n_hard = len(x)
+        if "blend" in picks:
+            xb, mb, qb = _assemble_blends(data, picks["blend"], gen, model.mean, model.std, s)
+            x, m = torch.cat([x, xb]), torch.cat([m, mb])
         img = model.encode_image(x, m)
         txt = model.encode_text(tokens[text_ids])
         img = img / img.norm(dim=-1, keepdim=True)
         txt = txt / txt.norm(dim=-1, keepdim=True)
-        loss = multi_positive_loss(img, txt, pos, logit_scale.exp())
+        loss = multi_positive_loss(img[:n_hard], txt, pos, logit_scale.exp())
+        if "blend" in picks:
+            # the vocabulary is the batch's first columns only when no sample drew one of its
+            # texts; look the columns up instead
+            cols = [text_ids.index(t) for t in data.vocab_ids]
+            share = len(xb) / len(x)
+            loss = (1 - share) * loss + share * soft_target_loss(
+                img[n_hard:], txt[cols], qb, logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if s.grad_clip and s.grad_clip > 0:
@@ -583,5 +708,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["ToyClipSettings", "build_clip_data", "fit_toy_clip", "multi_positive_loss",
-           "train_toy_clip"]
+__all__ = ["ToyClipSettings", "blend_masks", "blend_targets", "build_clip_data", "fit_toy_clip",
+           "multi_positive_loss", "soft_target_loss", "train_toy_clip"]

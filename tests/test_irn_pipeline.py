@@ -31,7 +31,9 @@ from qaclims.irn.settings import (
     IrLabelSettings,
     IrnTrainSettings,
     RandomWalkSettings,
+    irn_reference_threshold,
     irn_settings,
+    resolve_thresholds,
 )
 from qaclims.qape.pairs import shard_of
 from qaclims.store import read_label_png
@@ -170,6 +172,36 @@ def test_settings_defaults_are_the_authors_and_bad_values_are_named():
         RandomWalkSettings.from_dict({"memory_budget_mb": 0})
     with pytest.raises(ValueError, match=r"irn\.walk: unknown key"):
         irn_settings({"walk": {}})
+
+
+def test_thresholds_follow_the_cam_threshold_search(tmp_path):
+    ir, _, rw = irn_settings(None)
+    assert resolve_thresholds(ir, None) == (ir, {})  # default: as configured
+    thr = tmp_path / "threshold.json"
+    thr.write_text(json.dumps({"best_threshold": 0.55}))
+    ir2, info = resolve_thresholds(ir, 0.15, thr)
+    assert (ir2.fg_threshold, ir2.bg_threshold) == (pytest.approx(0.70), pytest.approx(0.50))
+    assert info == {"reference_cam_threshold": 0.15, "best_cam_threshold": 0.55,
+                    "threshold_shift": 0.4}
+    assert ir2.crf == ir.crf
+    rw2, _ = resolve_thresholds(rw, 0.15, thr)
+    assert rw2.bg_threshold == pytest.approx(0.60) and rw2.beta == rw.beta
+    # clipped into [0.01, 0.99], the order kept
+    thr.write_text(json.dumps({"best_threshold": 0.95}))
+    ir3, _ = resolve_thresholds(ir, 0.15, thr)
+    assert (ir3.fg_threshold, ir3.bg_threshold) == (0.99, pytest.approx(0.90))
+    thr.write_text(json.dumps({"best_threshold": 0.01}))
+    assert resolve_thresholds(ir, 0.15, thr)[0].bg_threshold == 0.01
+    # bad input names the file or the key
+    thr.write_text(json.dumps({"miou": 0.3}))
+    with pytest.raises(ValueError, match="threshold.json: cannot read best_threshold"):
+        resolve_thresholds(ir, 0.15, thr)
+    with pytest.raises(ValueError, match="no cam_eval/threshold.json"):
+        resolve_thresholds(ir, 0.15, None)
+    assert irn_reference_threshold({"reference_cam_threshold": 0.15}) == 0.15
+    assert irn_reference_threshold({}) is None
+    with pytest.raises(ValueError, match=r"irn\.reference_cam_threshold"):
+        irn_settings({"reference_cam_threshold": 1.5})
 
 
 # ---------------------------------------------------------------------------- IR labels

@@ -67,6 +67,11 @@ def test_tiny_run_goes_through_cams_and_irn(tiny_run: Path) -> None:
         n_png = sum(len(list(d.glob("*.png"))) for d in (res / exp / "irn" / "pseudo_masks")
                     .iterdir() if d.is_dir())
         assert n_png == masks["n_images"] > 0
+        # tiny.yaml sets irn.reference_cam_threshold 0.15: the walk's threshold followed the
+        # experiment's own threshold search
+        assert masks["settings"]["best_cam_threshold"] == thr["best_threshold"]
+        assert masks["settings"]["bg_threshold"] == pytest.approx(
+            min(0.99, max(0.01, 0.20 + thr["best_threshold"] - 0.15)), abs=1e-4)
     table = (res / "summary" / "cam_miou.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in table[1:]] == ["baseline", "qa_clims"]
 

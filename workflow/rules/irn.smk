@@ -21,12 +21,14 @@ rule ir_labels:
         manifest=data_path("manifest.parquet"),
         classes=data_path("classes.json"),
         cams=experiment_path("{experiment}", "cams/{shard}.h5"),
+        cam_eval=irn_cam_eval_input,
     output:
         labels=directory(irn_path("{experiment}", "ir_labels/{shard}")),
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
         shard=r"\d+",
     params:
+        reference_cam_threshold=IRN_REFERENCE,
         settings=irn_params(IRN_LABELS),
         splits=irn_splits(),
         shard="{shard}",
@@ -83,12 +85,14 @@ rule random_walk:
         classes=data_path("classes.json"),
         cams=experiment_path("{experiment}", "cams/{shard}.h5"),
         model=irn_path("{experiment}", "model.pth"),
+        cam_eval=irn_cam_eval_input,
     output:
         masks=directory(irn_path("{experiment}", "pseudo_masks/{shard}")),
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
         shard=r"\d+",
     params:
+        reference_cam_threshold=IRN_REFERENCE,
         settings=irn_params(IRN_WALK),
         splits=irn_splits(),
         shard="{shard}",
@@ -115,11 +119,13 @@ rule eval_ir_labels:
         manifest=data_path("manifest.parquet"),
         classes=data_path("classes.json"),
         labels=irn_shard_dirs("ir_labels"),
+        cam_eval=irn_cam_eval_input,
     output:
         metrics=irn_path("{experiment}", "metrics/ir_labels.json"),
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
     params:
+        reference_cam_threshold=IRN_REFERENCE,
         kind="ir_labels",
         split=DATASET["splits"]["cam_eval"],
         settings=irn_params(IRN_LABELS),
@@ -140,11 +146,13 @@ rule eval_pseudo_masks:
         manifest=data_path("manifest.parquet"),
         classes=data_path("classes.json"),
         labels=irn_shard_dirs("pseudo_masks"),
+        cam_eval=irn_cam_eval_input,
     output:
         metrics=irn_path("{experiment}", "metrics/pseudo_masks.json"),
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
     params:
+        reference_cam_threshold=IRN_REFERENCE,
         kind="pseudo_masks",
         split=DATASET["splits"]["cam_eval"],
         settings=irn_params(IRN_WALK),

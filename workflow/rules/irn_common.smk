@@ -1,9 +1,11 @@
 # Helpers of the IRN stage (irn.smk includes this file; they may move into common.smk).
-from qaclims.irn.settings import irn_settings
+from qaclims.irn.settings import irn_reference_threshold, irn_settings
 
 IRN = config.get("irn") or {}
 # Validated when the workflow is parsed: a wrong key or value fails before any job runs.
 IRN_LABELS, IRN_TRAIN, IRN_WALK = irn_settings(IRN)
+# Thresholds relative to each experiment's best CAM threshold (None: as configured).
+IRN_REFERENCE = irn_reference_threshold(IRN)
 # Pool sizes change speed, not results: they set the rules' threads and stay out of params.
 _POOL_KEYS = ("workers",)
 
@@ -15,6 +17,13 @@ def irn_path(experiment, name):
 def irn_params(settings):
     """A settings dict for params: the result-neutral pool size left out (no rerun on change)."""
     return {k: v for k, v in settings.to_dict().items() if k not in _POOL_KEYS}
+
+
+def irn_cam_eval_input(wildcards):
+    """The experiment's threshold search, when the IRN thresholds follow it."""
+    if IRN_REFERENCE is None:
+        return []
+    return [experiment_path(wildcards.experiment, "cam_eval/threshold.json")]
 
 
 def irn_backbone_weights():

@@ -7,14 +7,20 @@ import logging
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
 from qaclims.irn.pipeline import evaluate_ir_labels, evaluate_pseudo_masks
+from qaclims.irn.settings import IrLabelSettings, RandomWalkSettings, resolve_thresholds
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 p = snakemake.params
 evaluate = {"ir_labels": evaluate_ir_labels, "pseudo_masks": evaluate_pseudo_masks}[p.kind]
 try:
+    # the metrics record the thresholds the labels were made with (shifted ones included)
+    cls = {"ir_labels": IrLabelSettings, "pseudo_masks": RandomWalkSettings}[p.kind]
+    used, shifted = resolve_thresholds(cls.from_dict(p.settings), p.reference_cam_threshold,
+                                       next(iter(snakemake.input.cam_eval), None))
     out = evaluate(snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
-                   snakemake.output.metrics, split=p.split, settings=p.settings)
+                   snakemake.output.metrics, split=p.split,
+                   settings={**used.to_dict(), **shifted})
     summary = {k: out.get(k) for k in ("split", "n_images", "miou", "fg_precision", "coverage")}
     logging.info("%s %s: %s", p.kind, snakemake.wildcards.experiment, summary)
 except Exception:

@@ -7,7 +7,7 @@ import logging
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
 from qaclims.irn.pipeline import ir_labels_shard
-from qaclims.irn.settings import IrLabelSettings
+from qaclims.irn.settings import IrLabelSettings, resolve_thresholds
 
 
 def main() -> None:
@@ -15,7 +15,12 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = snakemake.params
     try:
-        settings = IrLabelSettings.from_dict(p.settings)
+        settings, shifted = resolve_thresholds(IrLabelSettings.from_dict(p.settings),
+                                               p.reference_cam_threshold,
+                                               next(iter(snakemake.input.cam_eval), None))
+        if shifted:
+            logging.info("thresholds shifted by the CAM threshold search: %s -> %s", shifted,
+                         settings.to_dict())
         summary = ir_labels_shard(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
             snakemake.output.labels, splits=p.splits, shard=p.shard, n_shards=p.n_shards,

@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from qaclims.devices import pick_device
 from qaclims.irn.pipeline import random_walk_shard
-from qaclims.irn.settings import RandomWalkSettings
+from qaclims.irn.settings import RandomWalkSettings, resolve_thresholds
 
 
 def main() -> None:
@@ -24,7 +24,12 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = snakemake.params
     try:
-        settings = RandomWalkSettings.from_dict(p.settings)
+        settings, shifted = resolve_thresholds(RandomWalkSettings.from_dict(p.settings),
+                                               p.reference_cam_threshold,
+                                               next(iter(snakemake.input.cam_eval), None))
+        if shifted:
+            logging.info("thresholds shifted by the CAM threshold search: %s -> %s", shifted,
+                         settings.to_dict())
         summary = random_walk_shard(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
             snakemake.input.model, snakemake.output.masks, splits=p.splits, shard=p.shard,

@@ -51,7 +51,8 @@ from qaclims.cam.optim import AUTHORS_MOMENTUM
 from qaclims.cam.settings import ARCHS, _fail, _is_int, _is_num, _Settings
 from qaclims.irn.ir_labels import CrfParams
 
-__all__ = ["IrLabelSettings", "IrnTrainSettings", "RandomWalkSettings", "irn_settings"]
+__all__ = ["IrLabelSettings", "IrnTrainSettings", "RandomWalkSettings", "cam_threshold_shift",
+           "irn_reference_threshold", "irn_settings", "resolve_thresholds", "shift_thresholds"]
 
 RW_METHODS = ("auto", "sparse", "dense")
 
@@ -220,10 +221,73 @@ def irn_settings(section: Mapping[str, Any] | None
                  ) -> tuple[IrLabelSettings, IrnTrainSettings, RandomWalkSettings]:
     """The three settings of a config ``irn`` section (missing parts default)."""
     section = dict(section or {})
-    unknown = sorted(set(section) - {"ir_labels", "train", "random_walk"})
+    unknown = sorted(set(section) - {"ir_labels", "train", "random_walk",
+                                     "reference_cam_threshold"})
     if unknown:
-        raise ValueError(f"irn.{unknown[0]}: unknown key (known: ['ir_labels', 'random_walk', "
-                         "'train'])")
+        raise ValueError(f"irn.{unknown[0]}: unknown key (known: ['ir_labels', "
+                         "'random_walk', 'reference_cam_threshold', 'train'])")
+    irn_reference_threshold(section)
     return (IrLabelSettings.from_dict(section.get("ir_labels")),
             IrnTrainSettings.from_dict(section.get("train")),
             RandomWalkSettings.from_dict(section.get("random_walk")))
+
+
+# ---------------------------------------------------------------------------- adapted thresholds
+#
+# The authors' IR-label (0.30 / 0.10) and random-walk (0.20) thresholds suit CAMs whose best
+# background threshold is about 0.15 (their fixed CAM evaluation threshold). CAMs whose best
+# threshold lies elsewhere (the demo's baseline: 0.73) get almost everything as confident
+# foreground. ``irn.reference_cam_threshold: r`` shifts every one of those thresholds by
+# ``best - r``, ``best`` being the experiment's own best threshold from search_threshold;
+# null (the default) keeps them as configured.
+
+THRESHOLD_BOUNDS = (0.01, 0.99)
+
+
+def irn_reference_threshold(section: Mapping[str, Any] | None) -> float | None:
+    """``irn.reference_cam_threshold`` of a config ``irn`` section (None: not set)."""
+    v = dict(section or {}).get("reference_cam_threshold")
+    if v is not None and (not _is_num(v) or not 0 < v < 1):
+        _fail("irn", "reference_cam_threshold", "null or a number in (0, 1)", v)
+    return None if v is None else float(v)
+
+
+def cam_threshold_shift(threshold_json: str | Any, reference: float) -> tuple[float, float]:
+    """``(shift, best)``: the experiment's best CAM threshold (``threshold.json`` of
+    search_threshold) minus ``reference``."""
+    import json
+    from pathlib import Path
+
+    path = Path(threshold_json)
+    try:
+        best = json.loads(path.read_text())["best_threshold"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: cannot read best_threshold ({err})") from None
+    if not _is_num(best) or not 0 <= best <= 1:
+        raise ValueError(f"{path}: best_threshold must be a number in [0, 1], got {best!r}")
+    return float(best) - reference, float(best)
+
+
+def shift_thresholds(settings: Any, shift: float) -> Any:
+    """``settings`` (:class:`IrLabelSettings` or :class:`RandomWalkSettings`) with every
+    threshold moved by ``shift`` and clipped to [0.01, 0.99] (the order fg >= bg is kept)."""
+    lo, hi = THRESHOLD_BOUNDS
+    keys = [k for k in ("fg_threshold", "bg_threshold") if hasattr(settings, k)]
+    return settings.replace(**{k: round(min(hi, max(lo, getattr(settings, k) + shift)), 4)
+                               for k in keys})
+
+
+def resolve_thresholds(settings: Any, reference: float | None, threshold_json: Any = None
+                       ) -> tuple[Any, dict[str, Any]]:
+    """The thresholds a rule uses: ``settings`` unchanged when ``reference`` is None, else
+    shifted by the experiment's best CAM threshold (``threshold_json``) minus ``reference``.
+    Returns ``(settings, info)``; ``info`` records reference, best and shift for the logs."""
+    if reference is None:
+        return settings, {}
+    if not threshold_json:
+        raise ValueError("irn.reference_cam_threshold is set but no cam_eval/threshold.json "
+                         "was given")
+    shift, best = cam_threshold_shift(threshold_json, reference)
+    return shift_thresholds(settings, shift), {"reference_cam_threshold": reference,
+                                               "best_cam_threshold": best,
+                                               "threshold_shift": round(shift, 4)}

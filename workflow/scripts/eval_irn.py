@@ -20,7 +20,8 @@ try:
                                        next(iter(snakemake.input.cam_eval), None))
     out = evaluate(snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
                    snakemake.output.metrics, split=p.split,
-                   settings={**used.to_dict(), **shifted})
+                   settings={**{k: v for k, v in used.to_dict().items() if k != "workers"},
+                             **shifted})
     summary = {k: out.get(k) for k in ("split", "n_images", "miou", "fg_precision", "coverage")}
     logging.info("%s %s: %s", p.kind, snakemake.wildcards.experiment, summary)
 except Exception:

@@ -570,8 +570,8 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
         txt = txt / txt.norm(dim=-1, keepdim=True)
         loss = multi_positive_loss(img[:n_hard], txt, pos, logit_scale.exp())
         if "blend" in picks:
-            # the vocabulary is the batch's first columns only when no sample drew one of its
-            # texts; look the columns up instead
+            # blends are scored against the class and context texts only; the batch's texts
+            # are deduplicated, so look up where each of them landed
             cols = [text_ids.index(t) for t in data.vocab_ids]
             share = len(xb) / len(x)
             loss = (1 - share) * loss + share * soft_target_loss(

@@ -1,6 +1,7 @@
 """Is the RITC objective minimised at the true object masks? A diagnostic for the demo (#5).
 
     python benchmarks/probe_ritc_objective.py masks                  # ~10 s on 2 CPU cores
+    python benchmarks/probe_ritc_objective.py classes --images 300   # ~1 min
     python benchmarks/probe_ritc_objective.py direct --grid 32       # ~2 min
     python benchmarks/probe_ritc_objective.py direct --init baseline --steps 120 --lr 0.3
 
@@ -13,6 +14,12 @@ authors' weights, tau and omega, summed over pairs and reported per pair.
 ``masks``: the weighted loss ``10 * FRC + 8 * BRC`` per pair for CAMs made from the ground truth:
 ``P = a * GT + 0.02 * (1 - GT)`` for several ``a``, GT eroded / dilated, background leak, flat 0.5.
 A CLIP the method can use gives its lowest value to the full-strength exact mask.
+
+``classes``: per class, on the images (of the first ``--images``) that contain it, the same
+weighted loss when that class's CAM is the ground truth, each experiment's exported CAM
+(``cams/*.h5``, resized), empty or full, every other class at its ground truth. When the
+exported CAM scores above the ground truth, the CLIP prefers what the CAM found; when below, the
+objective is right and training did not get there.
 
 ``direct``: no network - the per-image CAM logits themselves are optimised (Adam) under the RITC
 loss, starting from the ground truth pooled to a ``--grid`` cell grid (``+4`` inside, ``-4``
@@ -69,6 +76,7 @@ def load_inputs(results: Path, clip_dir: Path, n_images: int, size: int) -> dict
     fg, bg, mask = texts.batch(torch.arange(n_images))
     return {"x": torch.stack(xs), "gt": torch.stack(gts), "n_classes": n_cls,
             "y": torch.from_numpy(images.labels[:n_images]).float(),
+            "image_ids": list(images.image_ids[:n_images]), "class_names": [c.name for c in classes],
             "fg": fg, "bg": bg, "mask": mask, "clip": clip}
 
 
@@ -117,6 +125,48 @@ def probe_masks(d: dict[str, Any]) -> None:
             frc, brc, _ = ritc_loss_per_pair(P, d)
         print(f"{name:24s} FRC {frc:.4f}  BRC {brc:.4f}  10*FRC+8*BRC {10 * frc + 8 * brc:.3f}",
               flush=True)
+
+
+def exported_cams(cam_files: list[Path], image_ids: list[str], n_classes: int, size: int
+                  ) -> Any:
+    """The exported full-size CAMs of ``image_ids`` as ``[N, K, size, size]`` (bilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    from qaclims.cam.cam_store import CamStore
+
+    out = torch.zeros(len(image_ids), n_classes, size, size)
+    with CamStore(cam_files) as store:
+        for i, image_id in enumerate(image_ids):
+            keys, high_res = store.high_res(image_id)
+            maps = F.interpolate(torch.from_numpy(high_res)[None], (size, size), mode="bilinear",
+                                 align_corners=False)[0]
+            out[i, torch.from_numpy(keys - 1)] = maps  # keys are 1-based class ids
+    return out
+
+
+def probe_classes(d: dict[str, Any], experiments: dict[str, Any]) -> None:
+    import torch
+
+    gt = class_maps(d["gt"], d["n_classes"])
+    base = 0.98 * gt + 0.02 * (1 - gt)
+    for c, name in enumerate(d["class_names"]):
+        sel = torch.nonzero(d["y"][:, c] > 0)[:, 0]
+        if len(sel) == 0:
+            continue
+        sub = {k: (v[sel] if k in ("x", "gt", "y", "fg", "bg", "mask") else v)
+               for k, v in d.items()}
+        maps = {"GT": base[sel, c], "empty": torch.full_like(base[sel, c], 0.02),
+                "full": torch.full_like(base[sel, c], 0.98)}
+        maps.update({exp: cams[sel, c].clamp(0.02, 0.98) for exp, cams in experiments.items()})
+        parts = []
+        for label, m in maps.items():
+            P = base[sel].clone()
+            P[:, c] = m
+            with torch.no_grad():
+                frc, brc, _ = ritc_loss_per_pair(P, sub)
+            parts.append(f"{label} {10 * frc + 8 * brc:.3f}")
+        print(f"{name:12s} ({len(sel):3d} images) 10*FRC+8*BRC: " + ", ".join(parts), flush=True)
 
 
 def cam_miou(z: Any, d: dict[str, Any]) -> tuple[float, float, float]:
@@ -177,7 +227,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["masks", "direct"])
+    p.add_argument("mode", choices=["masks", "classes", "direct"])
     p.add_argument("--results", type=Path, default=ROOT / "results/synthetic")
     p.add_argument("--clip", type=Path, default=ROOT / "resources/weights/toy/demo/clip")
     p.add_argument("--images", type=int, default=32)
@@ -185,6 +235,8 @@ def main() -> None:
     p.add_argument("--init", choices=["gt", "baseline"], default="gt")
     p.add_argument("--grid", type=int, default=8, help="GT init: logit cells per side")
     p.add_argument("--scale", type=float, default=0.25, help="baseline init: logit scale")
+    p.add_argument("--experiments", nargs="+", default=["baseline", "qa_clims"],
+                   help="classes: experiments whose exported CAMs are scored")
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
@@ -196,6 +248,10 @@ def main() -> None:
     d = load_inputs(a.results, a.clip, a.images, a.size)
     if a.mode == "masks":
         probe_masks(d)
+    elif a.mode == "classes":
+        cams = {e: exported_cams(sorted((a.results / e / "cams").glob("*.h5")), d["image_ids"],
+                                 d["n_classes"], a.size) for e in a.experiments}
+        probe_classes(d, cams)
     else:
         probe_direct(d, init=a.init, grid=a.grid, steps=a.steps, lr=a.lr, scale=a.scale,
                      baseline=a.results / "baseline/cam/model.pth")

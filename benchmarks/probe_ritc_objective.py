@@ -76,7 +76,8 @@ def load_inputs(results: Path, clip_dir: Path, n_images: int, size: int) -> dict
     fg, bg, mask = texts.batch(torch.arange(n_images))
     return {"x": torch.stack(xs), "gt": torch.stack(gts), "n_classes": n_cls,
             "y": torch.from_numpy(images.labels[:n_images]).float(),
-            "image_ids": list(images.image_ids[:n_images]), "class_names": [c.name for c in classes],
+            "image_ids": list(images.image_ids[:n_images]),
+            "class_names": [c.name for c in classes],
             "fg": fg, "bg": bg, "mask": mask, "clip": clip}
 
 

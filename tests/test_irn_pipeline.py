@@ -174,7 +174,8 @@ def test_settings_defaults_are_the_authors_and_bad_values_are_named():
         irn_settings({"walk": {}})
 
 
-def test_thresholds_follow_the_cam_threshold_search(tmp_path):
+def test_thresholds_follow_the_cam_threshold_search(tmp_path, caplog):
+    caplog.set_level("INFO", logger="qaclims.irn.settings")
     ir, _, rw = irn_settings(None)
     assert resolve_thresholds(ir, None) == (ir, {})  # default: as configured
     thr = tmp_path / "threshold.json"
@@ -184,6 +185,9 @@ def test_thresholds_follow_the_cam_threshold_search(tmp_path):
     assert info == {"reference_cam_threshold": 0.15, "best_cam_threshold": 0.55,
                     "threshold_shift": 0.4}
     assert ir2.crf == ir.crf
+    assert "thresholds shifted by the CAM threshold search" in caplog.text
+    # a rule's input list (one file, or none) works like the path
+    assert resolve_thresholds(ir, 0.15, [thr]) == (ir2, info)
     rw2, _ = resolve_thresholds(rw, 0.15, thr)
     assert rw2.bg_threshold == pytest.approx(0.60) and rw2.beta == rw.beta
     # clipped into [0.01, 0.99], the order kept
@@ -198,6 +202,8 @@ def test_thresholds_follow_the_cam_threshold_search(tmp_path):
         resolve_thresholds(ir, 0.15, thr)
     with pytest.raises(ValueError, match="no cam_eval/threshold.json"):
         resolve_thresholds(ir, 0.15, None)
+    with pytest.raises(ValueError, match="no cam_eval/threshold.json"):
+        resolve_thresholds(ir, 0.15, [])
     assert irn_reference_threshold({"reference_cam_threshold": 0.15}) == 0.15
     assert irn_reference_threshold({}) is None
     with pytest.raises(ValueError, match=r"irn\.reference_cam_threshold"):

@@ -17,7 +17,7 @@ try:
     # the metrics record the thresholds the labels were made with (shifted ones included)
     cls = {"ir_labels": IrLabelSettings, "pseudo_masks": RandomWalkSettings}[p.kind]
     used, shifted = resolve_thresholds(cls.from_dict(p.settings), p.reference_cam_threshold,
-                                       next(iter(snakemake.input.cam_eval), None))
+                                       snakemake.input.cam_eval)
     out = evaluate(snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
                    snakemake.output.metrics, split=p.split,
                    settings={**{k: v for k, v in used.to_dict().items() if k != "workers"},

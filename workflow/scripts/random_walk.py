@@ -24,12 +24,8 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = snakemake.params
     try:
-        settings, shifted = resolve_thresholds(RandomWalkSettings.from_dict(p.settings),
-                                               p.reference_cam_threshold,
-                                               next(iter(snakemake.input.cam_eval), None))
-        if shifted:
-            logging.info("thresholds shifted by the CAM threshold search: %s -> %s", shifted,
-                         settings.to_dict())
+        settings, _ = resolve_thresholds(RandomWalkSettings.from_dict(p.settings),
+                                         p.reference_cam_threshold, snakemake.input.cam_eval)
         summary = random_walk_shard(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
             snakemake.input.model, snakemake.output.masks, splits=p.splits, shard=p.shard,

@@ -43,7 +43,8 @@ the rule's threads) stay out of the rules' params, so changing them reruns nothi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -277,17 +278,24 @@ def shift_thresholds(settings: Any, shift: float) -> Any:
                                for k in keys})
 
 
-def resolve_thresholds(settings: Any, reference: float | None, threshold_json: Any = None
+def resolve_thresholds(settings: Any, reference: float | None,
+                       threshold_json: str | Any | Sequence[Any] | None = None
                        ) -> tuple[Any, dict[str, Any]]:
     """The thresholds a rule uses: ``settings`` unchanged when ``reference`` is None, else
-    shifted by the experiment's best CAM threshold (``threshold_json``) minus ``reference``.
-    Returns ``(settings, info)``; ``info`` records reference, best and shift for the logs."""
+    shifted by the experiment's best CAM threshold (``threshold_json``: a path, or a rule's
+    input list of none or one) minus ``reference``, and the shift logged.
+    Returns ``(settings, info)``; ``info`` records reference, best and shift for the metrics."""
     if reference is None:
         return settings, {}
+    if isinstance(threshold_json, Sequence) and not isinstance(threshold_json, str):
+        threshold_json = next(iter(threshold_json), None)
     if not threshold_json:
         raise ValueError("irn.reference_cam_threshold is set but no cam_eval/threshold.json "
                          "was given")
     shift, best = cam_threshold_shift(threshold_json, reference)
-    return shift_thresholds(settings, shift), {"reference_cam_threshold": reference,
-                                               "best_cam_threshold": best,
-                                               "threshold_shift": round(shift, 4)}
+    shifted = shift_thresholds(settings, shift)
+    info = {"reference_cam_threshold": reference, "best_cam_threshold": best,
+            "threshold_shift": round(shift, 4)}
+    logging.getLogger(__name__).info("thresholds shifted by the CAM threshold search: %s -> %s",
+                                     info, shifted.to_dict())
+    return shifted, info

@@ -41,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_inputs(results: Path, clip_dir: Path, n_images: int, size: int) -> dict[str, Any]:
+def load_inputs(results: Path, clip_dir: Path, n_images: int, size: int,
+                text_features: Path | None = None) -> dict[str, Any]:
     """Images (ImageNet-normalised [N,3,S,S]), GT [N,S,S], labels [N,K], texts and the CLIP."""
     import pandas as pd
     import torch
@@ -62,7 +63,8 @@ def load_inputs(results: Path, clip_dir: Path, n_images: int, size: int) -> dict
                      mask_checkpoint=str(clip_dir / "ovseg_toy_clip.pth"), device="cpu")
     for p in clip.parameters():
         p.requires_grad_(False)
-    tf = load_text_features(results / "qape/text_features.h5", model_id=clip.model_id)
+    tf = load_text_features(text_features or results / "qape/text_features.h5",
+                            model_id=clip.model_id)
     images = split_images(results / "data/manifest.parquet", "train", n_cls)
     gt_paths = read_manifest(results / "data/manifest.parquet").set_index("image_id")["gt_path"]
     texts = build_pair_texts(images, pd.read_parquet(results / "qape/corpus.parquet"), tf,
@@ -231,6 +233,8 @@ def main() -> None:
     p.add_argument("mode", choices=["masks", "classes", "direct"])
     p.add_argument("--results", type=Path, default=ROOT / "results/synthetic")
     p.add_argument("--clip", type=Path, default=ROOT / "resources/weights/toy/demo/clip")
+    p.add_argument("--text-features", type=Path, default=None,
+                   help="default: <results>/qape/text_features.h5 (must match --clip)")
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--init", choices=["gt", "baseline"], default="gt")
@@ -246,7 +250,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    d = load_inputs(a.results, a.clip, a.images, a.size)
+    d = load_inputs(a.results, a.clip, a.images, a.size, a.text_features)
     if a.mode == "masks":
         probe_masks(d)
     elif a.mode == "classes":

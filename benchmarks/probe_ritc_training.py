@@ -64,7 +64,7 @@ def evaluate(net: Any, images: Any, gts: list[np.ndarray], n_classes: int, class
             on.append(p[keys - 1].mean())
             off.append(np.delete(p, keys - 1).mean())
     net.train()
-    res = sweep_thresholds(samples, [round(t, 2) for t in np.arange(0.05, 0.96, 0.01)],
+    res = sweep_thresholds(samples, [round(t, 2) for t in np.arange(0.01, 0.96, 0.01)],
                            n_classes=n_classes + 1)
     res["iou_at_best"] = dict(zip(["background", *class_names], res["iou_at_best"], strict=True))
     res["mean_p_present"] = float(np.mean(on))

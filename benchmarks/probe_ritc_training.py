@@ -14,7 +14,8 @@ the best background threshold of a 0.01 grid; printed with the per-class IoUs, t
 value of each image's present / absent classes, and the mean FRC / BRC per pair and REG since
 the last line. The export uses three scales, so the numbers sit a little below
 ``search_threshold``'s; what matters is their direction. ``--clip`` / ``--text-features`` /
-``--corpus`` try another toy CLIP (its text features must come from its own text tower).
+``--corpus`` try another toy CLIP (its text features must come from its own text tower);
+``--baseline`` starts from another CAM network file (e.g. one trained at other crop sizes).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=ROOT / "results/synthetic")
     ap.add_argument("--clip", type=Path, default=ROOT / "resources/weights/toy/demo/clip")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="initial CAM network; default: <results>/baseline/cam/model.pth")
     ap.add_argument("--text-features", type=Path, default=None,
                     help="default: <results>/qape/text_features.h5 (must match --clip)")
     ap.add_argument("--corpus", type=Path, default=None,
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the settings' step count")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-images", type=int, default=150)
-    ap.add_argument("--eval-split", default="train")
+    ap.add_argument("--eval-split", default=None, help="default: the config's cam_eval split")
     ap.add_argument("--eval-scales", type=float, nargs="+", default=[1.0],
                     help="inference scales of the evaluation CAMs (the export's: 1.0 0.5 1.5)")
     ap.add_argument("--save", type=Path, default=None, help="write the trained state dict here")
@@ -103,29 +106,27 @@ def main(argv: list[str] | None = None) -> None:
 
     from qaclims.cam.checkpoint import build_cam_network, load_model_state
     from qaclims.cam.datasets import StepBatchSampler, make_loader, split_images, train_augment
-    from qaclims.cam.losses import ritc_loss
-    from qaclims.cam.optim import PolyOptimizer
     from qaclims.cam.settings import RitcSettings
     from qaclims.cam.train_cam import set_threads
-    from qaclims.cam.train_ritc import build_pair_texts, imagenet_to_clip_norm
+    from qaclims.cam.train_ritc import build_pair_texts, ritc_batch_loss, ritc_optimizer
+    from qaclims.config import validate_config
     from qaclims.data.manifest import read_classes, read_manifest
     from qaclims.qape.text_features import load_text_features
     from qaclims.store import read_label_png
     from qaclims.vlp.clip import load_clip
 
-    cfg = yaml.safe_load(args.config.read_text())
-    base = dict((cfg.get("cam") or {}).get("ritc") or {})
-    settings = RitcSettings.from_dict({**base, **parse_sets(args.set)})
+    cfg = validate_config(yaml.safe_load(args.config.read_text()), base=ROOT)
+    settings = RitcSettings.from_dict({**cfg["cam"]["ritc"], **parse_sets(args.set)})
     set_threads(settings.threads)
     torch.manual_seed(settings.seed)
     res_dir = args.results
     classes = read_classes(res_dir / "data/classes.json")
     names = [c.name for c in classes]
     K = len(classes)
-    images = split_images(res_dir / "data/manifest.parquet", "train_aug", K)
+    images = split_images(res_dir / "data/manifest.parquet", cfg["dataset"]["splits"]["train"], K)
     total = args.steps or settings.total_steps(len(images))
 
-    state, info = load_model_state(res_dir / "baseline/cam/model.pth")
+    state, info = load_model_state(args.baseline or res_dir / "baseline/cam/model.pth")
     net = build_cam_network("ritc", info["arch"], K)
     net.load_state_dict(state, strict=True)
     clip = load_clip(str(args.clip / "open_clip_config.json"), None,
@@ -143,46 +144,34 @@ def main(argv: list[str] | None = None) -> None:
     texts = build_pair_texts(images, corpus, tf, classes, settings, encode_text)
 
     manifest = read_manifest(res_dir / "data/manifest.parquet")
-    ev = split_images(manifest, args.eval_split, K)
+    ev = split_images(manifest, args.eval_split or cfg["dataset"]["splits"]["cam_eval"], K)
     gt_of = manifest.set_index("image_id")["gt_path"]
     n_ev = min(args.eval_images, len(ev))
     scales = tuple(args.eval_scales)
     gts = [read_label_png(gt_of[i]) for i in ev.image_ids[:n_ev]]
 
-    optimizer = PolyOptimizer(
-        net.trainable_parameter_groups(settings.lr, settings.weight_decay,
-                                       settings.classifier_lr_mult),
-        lr=settings.lr, max_step=total, weight_decay=settings.weight_decay,
-        power=settings.poly_power, momentum=settings.momentum)
+    optimizer = ritc_optimizer(net, settings, total)
     sampler = StepBatchSampler(len(images), settings.batch_size, total, settings.seed, 0, 0, 1)
     loader = make_loader(images, train_augment(settings.resize_long, settings.crop_size,
                                                settings.hflip), sampler, 0)
     pair_scale = settings.pair_scale(1)
-    omega = settings.omega if settings.fat else 0.0
     print(f"settings: {settings.to_dict()}\n{total} steps, texts {texts.stats}", flush=True)
     net.train()
     show(0, evaluate(net, ev, gts, K, names, scales))
-    sums = np.zeros(3)
+    sums, since = np.zeros(3), 0
     t0 = time.perf_counter()
     for step, (x, y, idx) in enumerate(loader, start=1):
-        cam = net(x)
-        fg, bg, mask = texts.batch(idx)
-        x_clip = (imagenet_to_clip_norm(x, clip.mean, clip.std)
-                  if settings.clip_input_norm == "clip" else x)
-        out = ritc_loss(cam, x_clip, y, fg, bg, mask, clip.encode_image,
-                        weights=settings.loss_weights, tau=settings.tau, omega=omega,
-                        brc_variant=settings.brc_variant, mask_mode=settings.mask_mode,
-                        mask_prompt=None if settings.fat else False, pair_scale=pair_scale,
-                        clip_size=clip.image_size)
+        out = ritc_batch_loss(net(x), x, y, idx, texts, clip, settings, pair_scale)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
         n = max(out.n_valid_pairs, 1)
         sums += [float(out.frc.detach()) / n, float(out.brc.detach()) / n,
                  float(out.reg.detach())]
+        since += 1
         if step % args.eval_every == 0 or step == total:
-            m = sums / args.eval_every
-            sums[:] = 0
+            m = sums / since
+            sums[:], since = 0, 0
             show(step, evaluate(net, ev, gts, K, names, scales),
                  f"| frc/pair {m[0]:.3f} brc/pair {m[1]:.3f} reg {m[2]:.4f} "
                  f"{time.perf_counter() - t0:.0f}s")

@@ -195,6 +195,33 @@ def imagenet_to_clip_norm(x: Tensor, mean: Sequence[float], std: Sequence[float]
     return (x * v(IMAGENET_STD) + v(IMAGENET_MEAN) - v(mean)) / v(std)
 
 
+def ritc_optimizer(net: Any, settings: RitcSettings, total_steps: int) -> PolyOptimizer:
+    """The authors' poly SGD over the backbone and the classifier (``classifier_lr_mult`` x lr)."""
+    return PolyOptimizer(
+        net.trainable_parameter_groups(settings.lr, settings.weight_decay,
+                                       settings.classifier_lr_mult),
+        lr=settings.lr, max_step=total_steps, weight_decay=settings.weight_decay,
+        power=settings.poly_power, momentum=settings.momentum)
+
+
+def ritc_batch_loss(cam: Tensor, x: Tensor, y: Tensor, idx: Tensor, texts: PairTexts,
+                    clip_model: Any, settings: RitcSettings, pair_scale: float) -> Any:
+    """:func:`qaclims.cam.losses.ritc_loss` of one batch with ``settings`` (the RITC sigmoid
+    CAM ``cam`` of the ImageNet-normalised crops ``x``, labels ``y``, image indices ``idx``)."""
+    from qaclims.cam.losses import ritc_loss
+
+    fg, bg, mask = texts.batch(idx)
+    x_clip = (imagenet_to_clip_norm(x, clip_model.mean, clip_model.std)
+              if settings.clip_input_norm == "clip" else x)
+    omega = settings.omega if settings.fat else 0.0  # omega 0: b is all ones (P >= 0)
+    return ritc_loss(cam, x_clip, y, fg, bg, mask, clip_model.encode_image,
+                     weights=settings.loss_weights, tau=settings.tau, omega=omega,
+                     brc_variant=settings.brc_variant,  # type: ignore[arg-type]
+                     mask_mode=settings.mask_mode,  # type: ignore[arg-type]
+                     mask_prompt=None if settings.fat else False, pair_scale=pair_scale,
+                     clip_size=clip_model.image_size)
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -204,7 +231,6 @@ def _train_ritc_rank(env: DistEnv, manifest: str, classes: str, split: str, corp
                      resume_root: str | None) -> dict[str, Any]:
     import pandas as pd
 
-    from qaclims.cam.losses import ritc_loss
     from qaclims.data.manifest import read_classes
     from qaclims.qape.text_features import load_text_features
     from qaclims.vlp.clip import load_clip
@@ -236,11 +262,7 @@ def _train_ritc_rank(env: DistEnv, manifest: str, classes: str, split: str, corp
 
     texts = build_pair_texts(images, pd.read_parquet(corpus), tf, class_list, settings,
                              encode_text).to(dev)
-    optimizer = PolyOptimizer(
-        net.trainable_parameter_groups(settings.lr, settings.weight_decay,
-                                       settings.classifier_lr_mult),
-        lr=settings.lr, max_step=total, weight_decay=settings.weight_decay,
-        power=settings.poly_power, momentum=settings.momentum)
+    optimizer = ritc_optimizer(net, settings, total)
     resume = None
     if resume_root is not None:
         clip_files = [clip.get("arch"), clip.get("pretrained"), clip.get("mask_checkpoint")]
@@ -262,21 +284,11 @@ def _train_ritc_rank(env: DistEnv, manifest: str, classes: str, split: str, corp
     loader = make_loader(images, train_augment(settings.resize_long, settings.crop_size,
                                                settings.hflip), sampler, settings.num_workers)
     pair_scale = settings.pair_scale(env.world_size)
-    omega = settings.omega if settings.fat else 0.0  # omega 0: b is all ones (P >= 0)
 
     def step_fn(batch: Any) -> tuple[Tensor, dict[str, Any]]:
         x, y, idx = batch
         x, y = x.to(dev), y.to(dev)
-        cam = ddp(x)
-        fg, bg, mask = texts.batch(idx)
-        x_clip = (imagenet_to_clip_norm(x, clip_model.mean, clip_model.std)
-                  if settings.clip_input_norm == "clip" else x)
-        out = ritc_loss(cam, x_clip, y, fg, bg, mask, clip_model.encode_image,
-                        weights=settings.loss_weights, tau=settings.tau, omega=omega,
-                        brc_variant=settings.brc_variant,  # type: ignore[arg-type]
-                        mask_mode=settings.mask_mode,  # type: ignore[arg-type]
-                        mask_prompt=None if settings.fat else False, pair_scale=pair_scale,
-                        clip_size=clip_model.image_size)
+        out = ritc_batch_loss(ddp(x), x, y, idx, texts, clip_model, settings, pair_scale)
         return out.loss, {"loss": out.loss.detach(), "frc": out.frc.detach(),
                           "brc": out.brc.detach(), "reg": out.reg.detach(),
                           "pairs": float(out.n_valid_pairs)}

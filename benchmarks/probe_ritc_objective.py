@@ -1,6 +1,7 @@
 """Is the RITC objective minimised at the true object masks? A diagnostic for the demo (#5).
 
     python benchmarks/probe_ritc_objective.py masks                  # ~10 s on 2 CPU cores
+    python benchmarks/probe_ritc_objective.py content --images 64    # ~20 s
     python benchmarks/probe_ritc_objective.py classes --images 300   # ~1 min
     python benchmarks/probe_ritc_objective.py direct --grid 32       # ~2 min
     python benchmarks/probe_ritc_objective.py direct --init baseline --steps 120 --lr 0.3
@@ -14,6 +15,11 @@ authors' weights, tau and omega, summed over pairs and reported per pair.
 ``masks``: the weighted loss ``10 * FRC + 8 * BRC`` per pair for CAMs made from the ground truth:
 ``P = a * GT + 0.02 * (1 - GT)`` for several ``a``, GT eroded / dilated, background leak, flat 0.5.
 A CLIP the method can use gives its lowest value to the full-strength exact mask.
+
+``content``: the same loss for the ground-truth CAM when the pixels under it are not the
+image's own (images rolled by one in the batch, blank images), without the mask prompt, and for
+the mask moved sideways. A CLIP that reads the content gives the real images clearly the lowest
+value; one that read the mask prompt's shape would score blank images about as well.
 
 ``classes``: per class, on the images (of the first ``--images``) that contain it, the same
 weighted loss when that class's CAM is the ground truth, each experiment's exported CAM
@@ -83,12 +89,15 @@ def load_inputs(results: Path, clip_dir: Path, n_images: int, size: int,
             "fg": fg, "bg": bg, "mask": mask, "clip": clip}
 
 
-def ritc_loss_per_pair(P: Any, d: dict[str, Any]) -> tuple[float, float, Any]:
-    """``(FRC per pair, BRC per pair, RitcLoss)`` of sigmoid CAM ``P`` [N,K,h,w]."""
+def ritc_loss_per_pair(P: Any, d: dict[str, Any], x: Any = None,
+                       mask_prompt: bool | None = None) -> tuple[float, float, Any]:
+    """``(FRC per pair, BRC per pair, RitcLoss)`` of sigmoid CAM ``P`` [N,K,h,w] on the images
+    ``x`` (default: the probe's own) with or without the mask prompt (default: the code's)."""
     from qaclims.cam.losses import ritc_loss
 
-    out = ritc_loss(P, d["x"], d["y"], d["fg"], d["bg"], d["mask"], d["clip"].encode_image,
-                    clip_size=d["clip"].image_size)
+    out = ritc_loss(P, d["x"] if x is None else x, d["y"], d["fg"], d["bg"], d["mask"],
+                    d["clip"].encode_image, clip_size=d["clip"].image_size,
+                    mask_prompt=mask_prompt)
     n = max(out.n_valid_pairs, 1)
     return float(out.frc) / n, float(out.brc) / n, out
 
@@ -111,6 +120,24 @@ def morph(maps: Any, r: int) -> Any:
         for k in range(out.shape[1]):
             out[i, k] = op(out[i, k].astype(np.uint8), kernel, iterations=abs(r))
     return torch.from_numpy(out.astype(np.float32))
+
+
+def probe_content(d: dict[str, Any]) -> None:
+    import torch
+
+    gt = class_maps(d["gt"], d["n_classes"])
+    P, x = 0.95 * gt + 0.02 * (1 - gt), d["x"]
+    shift = x.shape[-1] // 8
+    variants = [("GT, own images", P, x, None), ("GT, images rolled by one", P, x.roll(1, 0), None),
+                ("GT, blank images", P, torch.zeros_like(x), None),
+                ("GT, own images, no mask prompt", P, x, False),
+                ("GT, blank images, no mask prompt", P, torch.zeros_like(x), False),
+                (f"GT moved {shift} px right", P.roll(shift, -1), x, None)]
+    for name, p, xx, prompt in variants:
+        with torch.no_grad():
+            frc, brc, _ = ritc_loss_per_pair(p, d, xx, prompt)
+        print(f"{name:34s} FRC {frc:.4f}  BRC {brc:.4f}  10*FRC+8*BRC {10 * frc + 8 * brc:.3f}",
+              flush=True)
 
 
 def probe_masks(d: dict[str, Any]) -> None:
@@ -209,7 +236,8 @@ def probe_direct(d: dict[str, Any], *, init: str, grid: int, steps: int, lr: flo
         from qaclims.cam.checkpoint import build_cam_network, load_model_state
 
         state, info = load_model_state(baseline)
-        net = build_cam_network("ritc", info["arch"], d["n_classes"])
+        net = build_cam_network("ritc", info["arch"], d["n_classes"],
+                                info["output_stride"])
         net.load_state_dict(state, strict=True)
         with torch.no_grad():
             z0 = net.eval().classifier(net.features(d["x"])) * scale
@@ -230,7 +258,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["masks", "classes", "direct"])
+    p.add_argument("mode", choices=["masks", "content", "classes", "direct"])
     p.add_argument("--results", type=Path, default=ROOT / "results/synthetic")
     p.add_argument("--clip", type=Path, default=ROOT / "resources/weights/toy/demo/clip")
     p.add_argument("--text-features", type=Path, default=None,
@@ -253,6 +281,8 @@ def main() -> None:
     d = load_inputs(a.results, a.clip, a.images, a.size, a.text_features)
     if a.mode == "masks":
         probe_masks(d)
+    elif a.mode == "content":
+        probe_content(d)
     elif a.mode == "classes":
         cams = {e: exported_cams(sorted((a.results / e / "cams").glob("*.h5")), d["image_ids"],
                                  d["n_classes"], a.size) for e in a.experiments}

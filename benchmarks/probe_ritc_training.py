@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     total = args.steps or settings.total_steps(len(images))
 
     state, info = load_model_state(args.baseline or res_dir / "baseline/cam/model.pth")
-    net = build_cam_network("ritc", info["arch"], K)
+    net = build_cam_network("ritc", info["arch"], K, info["output_stride"])
     net.load_state_dict(state, strict=True)
     clip = load_clip(str(args.clip / "open_clip_config.json"), None,
                      mask_checkpoint=str(args.clip / "ovseg_toy_clip.pth"))

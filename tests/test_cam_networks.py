@@ -35,6 +35,24 @@ def test_output_stride_16_bottleneck_block():
     assert first.conv2.stride == (1, 1) and first.downsample[0].stride == (1, 1)
 
 
+@pytest.mark.parametrize("arch,channels", [("resnet18", 512), ("resnet50", 2048)])
+def test_output_stride_8_unstrides_layer3_too(arch, channels):
+    net = CamNet(_resnet(arch), n_classes=3, output_stride=8).eval()
+    with torch.no_grad():
+        assert net.features(torch.randn(1, 3, 64, 72)).shape == (1, channels, 8, 9)
+    assert net.output_stride == 8
+    for stage in (net.stage3, net.stage4):
+        strides = {m.stride for m in stage.modules() if isinstance(m, nn.Conv2d)}
+        assert strides == {(1, 1)}
+    # same parameters as stride 16: a stride-16 state dict loads strictly
+    net.load_state_dict(CamNet(_resnet(arch), n_classes=3).state_dict(), strict=True)
+
+
+def test_unknown_output_stride_is_rejected():
+    with pytest.raises(ValueError, match="output_stride must be one of"):
+        CamNet(_resnet(), n_classes=3, output_stride=32)
+
+
 def test_non_resnet_is_rejected():
     with pytest.raises(TypeError):
         CamNet(nn.Linear(2, 2), 3)

@@ -127,6 +127,8 @@ def test_settings_reject_unknown_keys_and_bad_values():
         RitcSettings.from_dict({"fg_mix": "mean"})
     with pytest.raises(ValueError, match=r"cam.train_cam.batch_size"):
         CamTrainSettings.from_dict({"batch_size": 0})
+    with pytest.raises(ValueError, match=r"cam.train_cam.output_stride: expected one of"):
+        CamTrainSettings.from_dict({"output_stride": 32})
     with pytest.raises(ValueError, match=r"experiments.frc_only.loss_weights"):
         ritc_settings({}, {"loss_weights": [10, 0]}, experiment="frc_only")
     with pytest.raises(ValueError, match=r"cam.export.dtype"):
@@ -188,6 +190,7 @@ def test_train_cam_writes_model_and_curve(tiny, tmp_path, caplog):
     assert "re-estimated on 2 batches" in caplog.text
     net, info = load_cam_network(tmp_path / "m.pth", "cam", n_classes=7)
     assert isinstance(net, CamNet) and info["arch"] == "resnet18" and info["stage"] == "train_cam"
+    assert info["output_stride"] == net.output_stride == 16
     # calibrated statistics replaced torchvision's 0/1 initialisation
     assert not torch.allclose(net.stage2[0][0].bn1.running_var, torch.ones(128))
     with pytest.raises(ValueError, match="7 classes, the dataset 20"):
@@ -264,15 +267,16 @@ def test_pair_texts(tiny, tmp_path):
 
 
 def test_train_ritc_from_the_baseline(tiny, tmp_path):
-    from qaclims.cam.checkpoint import load_model_state, read_curve_tsv
+    from qaclims.cam.checkpoint import load_cam_network, load_model_state, read_curve_tsv
     from qaclims.cam.train_cam import train_cam
     from qaclims.cam.train_ritc import train_ritc
 
     root, data = tiny
     inputs = make_tiny_clip_inputs(tmp_path, data)
     man, cls = data / "manifest.parquet", data / "classes.json"
-    train_cam(man, cls, tmp_path / "cam.pth", tmp_path / "cam.tsv", tiny_cam_settings(max_steps=1),
-              split="train")
+    # a stride-8 baseline: RITC and its model file keep the stride
+    train_cam(man, cls, tmp_path / "cam.pth", tmp_path / "cam.tsv",
+              tiny_cam_settings(max_steps=1, output_stride=8), split="train")
     args = (man, cls, inputs["corpus"], inputs["text_features"], tmp_path / "cam.pth",
             inputs["clip"])
     out = train_ritc(*args, tmp_path / "ritc.pth", tmp_path / "ritc.tsv",
@@ -287,6 +291,9 @@ def test_train_ritc_from_the_baseline(tiny, tmp_path):
     init, _ = load_model_state(tmp_path / "cam.pth")
     trained, info = load_model_state(tmp_path / "ritc.pth")
     assert info["stage"] == "train_ritc" and set(init) == set(trained)
+    assert info["output_stride"] == out["output_stride"] == 8
+    net, _ = load_cam_network(tmp_path / "ritc.pth", "ritc", n_classes=7)
+    assert net.output_stride == 8
     assert not torch.equal(init["classifier.weight"], trained["classifier.weight"])
     # BN in training mode: running statistics moved
     assert not torch.equal(init["stage2.0.0.bn1.running_mean"],

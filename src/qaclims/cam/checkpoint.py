@@ -102,13 +102,14 @@ class ResumeState:
 
 
 def save_model(path: PathLike, state_dict: Mapping[str, Any], *, arch: str, n_classes: int,
-               stage: str, meta: Mapping[str, Any] | None = None) -> None:
+               stage: str, meta: Mapping[str, Any] | None = None,
+               output_stride: int = 16) -> None:
     """Write a model file atomically (tensors moved to CPU)."""
     import torch
 
     sd = {k: v.detach().cpu() for k, v in state_dict.items()}
     payload = {"state_dict": sd, "arch": arch, "n_classes": int(n_classes), "stage": stage,
-               "meta": dict(meta or {})}
+               "meta": dict(meta or {}), "output_stride": int(output_stride)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -143,21 +144,24 @@ def load_model_state(path: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, Mapping) and "state_dict" in obj and "arch" in obj:
         sd = dict(obj["state_dict"])
+        # Files written before output_stride was a setting were all stride 16.
         info = {"arch": obj["arch"], "n_classes": int(obj["n_classes"]),
-                "stage": obj.get("stage", ""), "meta": dict(obj.get("meta", {}))}
+                "stage": obj.get("stage", ""), "meta": dict(obj.get("meta", {})),
+                "output_stride": int(obj.get("output_stride", 16))}
     elif isinstance(obj, Mapping):
         sd = from_authors_state_dict(obj)
         if "classifier.weight" not in sd:
             raise ValueError(f"{path}: neither a qaclims model file nor a CAM state dict "
                              f"(no classifier.weight)")
+        # The authors' networks are stride 16 (the weights do not tell).
         info = {"arch": infer_arch(sd), "n_classes": int(sd["classifier.weight"].shape[0]),
-                "stage": "external", "meta": {}}
+                "stage": "external", "meta": {}, "output_stride": 16}
     else:
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return sd, info
 
 
-def build_cam_network(kind: str, arch: str, n_classes: int):
+def build_cam_network(kind: str, arch: str, n_classes: int, output_stride: int = 16):
     """A randomly initialised ``CamNet`` (kind "cam") or ``RitcNet`` (kind "ritc")."""
     import torchvision
 
@@ -169,7 +173,7 @@ def build_cam_network(kind: str, arch: str, n_classes: int):
     cls = {"cam": CamNet, "ritc": RitcNet}[kind]
     # a shell: the weights come from the checkpoint loaded next
     resnet = getattr(torchvision.models, arch)(weights=None)
-    return cls(resnet, n_classes)
+    return cls(resnet, n_classes, output_stride)
 
 
 def load_cam_network(path: PathLike, kind: str = "ritc", n_classes: int | None = None):
@@ -178,7 +182,7 @@ def load_cam_network(path: PathLike, kind: str = "ritc", n_classes: int | None =
     if n_classes is not None and info["n_classes"] != n_classes:
         raise ValueError(f"{path}: model has {info['n_classes']} classes, the dataset "
                          f"{n_classes}")
-    net = build_cam_network(kind, info["arch"], info["n_classes"])
+    net = build_cam_network(kind, info["arch"], info["n_classes"], info["output_stride"])
     net.load_state_dict(sd, strict=True)
     return net, info
 

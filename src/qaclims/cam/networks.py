@@ -4,9 +4,12 @@ Both networks take a torchvision ``ResNet`` (any of resnet18/34/50/101, built or
 ``qaclims.vlp.backbones.load_resnet``) and rebuild it in place (the module passed in is owned
 by the network afterwards):
 
-* output stride 16: the first block of ``layer4`` gets stride 1 (its strided 3x3/1x1 conv and
-  its downsample conv), so the strides of conv1 / layer2 / layer3 / layer4 are (2, 2, 2, 1);
-  with the stride-2 max-pool that is 2*2*2*2 = 16 (a 512 crop gives 32x32 features);
+* output stride 16 (the authors'): the first block of ``layer4`` gets stride 1 (its strided
+  3x3/1x1 conv and its downsample conv), so the strides of conv1 / layer2 / layer3 / layer4 are
+  (2, 2, 2, 1); with the stride-2 max-pool that is 2*2*2*2 = 16 (a 512 crop gives 32x32
+  features). ``output_stride=8`` also un-strides ``layer3`` the same way (no dilation, as the
+  authors' stride-16 trunk has none): for images a quarter of VOC's size (the demo's 128-160 px),
+  where stride 16 leaves 8x8 maps of which a small object fills one mixed cell;
 * ``fc`` and ``avgpool`` are dropped; the trunk is ``stage1 = (conv1, bn1, relu, maxpool,
   layer1)``, ``stage2 = (layer2,)``, ``stage3 = (layer3,)``, ``stage4 = (layer4,)`` followed by a
   bias-free 1x1 conv ``classifier`` (C -> K).
@@ -76,25 +79,35 @@ def _replace_batchnorm(module: nn.Module, fixed: bool) -> None:
             _replace_batchnorm(child, fixed)
 
 
-def _set_output_stride_16(resnet: nn.Module) -> None:
-    """Give layer4's first block stride 1 (torchvision puts the stride in its 3x3 conv for
-    bottleneck blocks, in conv1 for basic blocks, and in ``downsample[0]`` for both)."""
-    first = resnet.layer4[0]
-    n_changed = 0
-    for m in first.modules():
-        if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
-            m.stride = (1, 1)
-            n_changed += 1
-    if n_changed == 0:
-        raise ValueError("layer4[0] has no stride-2 convolution: not a standard torchvision ResNet")
+OUTPUT_STRIDES = (8, 16)
+
+
+def _set_output_stride(resnet: nn.Module, output_stride: int) -> None:
+    """Give layer4's (and for stride 8 layer3's) first block stride 1 (torchvision puts the
+    stride in the 3x3 conv of bottleneck blocks, in conv1 of basic blocks, and in
+    ``downsample[0]`` of both)."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    layers = ("layer4",) if output_stride == 16 else ("layer3", "layer4")
+    for name in layers:
+        n_changed = 0
+        for m in getattr(resnet, name)[0].modules():
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                m.stride = (1, 1)
+                n_changed += 1
+        if n_changed == 0:
+            raise ValueError(f"{name}[0] has no stride-2 convolution: not a standard "
+                             f"torchvision ResNet")
 
 
 class _ResNetCamBase(nn.Module):
-    def __init__(self, resnet: nn.Module, n_classes: int, fixed_bn: bool) -> None:
+    def __init__(self, resnet: nn.Module, n_classes: int, fixed_bn: bool,
+                 output_stride: int = 16) -> None:
         super().__init__()
         if not all(hasattr(resnet, a) for a in ("conv1", "bn1", "layer1", "layer4", "fc")):
             raise TypeError(f"expected a torchvision ResNet, got {type(resnet).__name__}")
-        _set_output_stride_16(resnet)
+        _set_output_stride(resnet, output_stride)
+        self.output_stride = output_stride
         _replace_batchnorm(resnet, fixed=fixed_bn)
         self.n_classes = n_classes
         self.out_channels = int(resnet.fc.in_features)
@@ -108,7 +121,7 @@ class _ResNetCamBase(nn.Module):
             p.requires_grad_(False)
 
     def features(self, x: Tensor) -> Tensor:
-        """Stride-16 feature map [N, C, ceil(H/16), ceil(W/16)]."""
+        """Feature map [N, C, ceil(H/s), ceil(W/s)] at the output stride s (16 or 8)."""
         return self.stage4(self.stage3(self.stage2(self.stage1(x))))
 
     def cam(self, x: Tensor) -> Tensor:
@@ -138,8 +151,8 @@ class CamNet(_ResNetCamBase):
     Train with ``F.multilabel_soft_margin_loss(net(x), labels)``.
     """
 
-    def __init__(self, resnet: nn.Module, n_classes: int) -> None:
-        super().__init__(resnet, n_classes, fixed_bn=True)
+    def __init__(self, resnet: nn.Module, n_classes: int, output_stride: int = 16) -> None:
+        super().__init__(resnet, n_classes, fixed_bn=True, output_stride=output_stride)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.features(x).mean(dim=(2, 3), keepdim=True)
@@ -155,8 +168,8 @@ class RitcNet(_ResNetCamBase):
     :meth:`cam` (ReLU'd raw scores, no sigmoid), as in the authors' CAM export.
     """
 
-    def __init__(self, resnet: nn.Module, n_classes: int) -> None:
-        super().__init__(resnet, n_classes, fixed_bn=False)
+    def __init__(self, resnet: nn.Module, n_classes: int, output_stride: int = 16) -> None:
+        super().__init__(resnet, n_classes, fixed_bn=False, output_stride=output_stride)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.classifier(self.features(x)))

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from qaclims.cam.networks import OUTPUT_STRIDES
 from qaclims.cam.optim import AUTHORS_MOMENTUM
 
 FG_MIXES = ("code", "paper", "label_only")
@@ -163,6 +164,9 @@ class CamTrainSettings(TrainSettings):
 
     arch: str = "resnet50"
     weights: str | None = "imagenet"   # "imagenet", a state-dict file, or null (random init)
+    # 16: the authors'. 8 for small images (the demo's), see qaclims.cam.networks; RITC and the
+    # CAM export take it from the baseline's model file.
+    output_stride: int = 16
     # Re-estimate the (then frozen) BatchNorm statistics on this many training batches before
     # training: a randomly initialised backbone has running stats 0/1, which under
     # FixedBatchNorm means no normalisation at all and diverges. 0: keep the loaded statistics
@@ -177,6 +181,8 @@ class CamTrainSettings(TrainSettings):
             _fail(prefix, "arch", f"one of {list(ARCHS)}", self.arch)
         if self.weights is not None and not isinstance(self.weights, str):
             _fail(prefix, "weights", "null, 'imagenet' or a file path", self.weights)
+        if not _is_int(self.output_stride) or self.output_stride not in OUTPUT_STRIDES:
+            _fail(prefix, "output_stride", f"one of {list(OUTPUT_STRIDES)}", self.output_stride)
         if not _is_int(self.bn_calibration_batches) or self.bn_calibration_batches < 0:
             _fail(prefix, "bn_calibration_batches", "an integer >= 0",
                   self.bn_calibration_batches)

@@ -212,7 +212,8 @@ def _train_cam_rank(env: DistEnv, manifest: str, classes: str, split: str,
     images = split_images(manifest, split, n_classes)
     total = settings.total_steps(len(images))
     torch.manual_seed(settings.seed)  # random-init backbones and the classifier
-    net = CamNet(load_resnet(settings.arch, settings.weights), n_classes).to(env.device)  # type: ignore[arg-type]
+    net = CamNet(load_resnet(settings.arch, settings.weights), n_classes,  # type: ignore[arg-type]
+                 settings.output_stride).to(env.device)
     weights_file = resolve_resnet_weights(settings.arch, settings.weights)  # type: ignore[arg-type]
     resume = None
     if resume_root is not None:
@@ -255,12 +256,14 @@ def _train_cam_rank(env: DistEnv, manifest: str, classes: str, split: str,
                 images_per_step=settings.batch_size)
     seconds = time.perf_counter() - t0
     summary = {"stage": "train_cam", "arch": settings.arch, "n_classes": n_classes,
-               "split": split, "n_images": len(images), "steps": total, "resumed_from": start,
+               "output_stride": settings.output_stride, "split": split, "n_images": len(images),
+               "steps": total, "resumed_from": start,
                "world_size": env.world_size, "train_seconds": round(seconds, 1),
                "final_loss": curve[-1]["loss"] if curve else None}
     if env.is_main:
         save_model(out_model, net.state_dict(), arch=settings.arch, n_classes=n_classes,
-                   stage="train_cam", meta={**summary, "settings": settings.to_dict()})
+                   output_stride=settings.output_stride, stage="train_cam",
+                   meta={**summary, "settings": settings.to_dict()})
         write_curve_tsv(curve, out_curve)
         if resume is not None:
             resume.clear()

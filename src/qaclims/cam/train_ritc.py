@@ -246,7 +246,7 @@ def _train_ritc_rank(env: DistEnv, manifest: str, classes: str, split: str, corp
     state, info = load_model_state(init_model)
     if info["n_classes"] != n_classes:
         raise ValueError(f"{init_model}: {info['n_classes']} classes, the dataset {n_classes}")
-    net = build_cam_network("ritc", info["arch"], n_classes)
+    net = build_cam_network("ritc", info["arch"], n_classes, info["output_stride"])
     net.load_state_dict(state, strict=True)
     net.to(dev)
     if env.distributed:
@@ -300,14 +300,16 @@ def _train_ritc_rank(env: DistEnv, manifest: str, classes: str, split: str, corp
                 images_per_step=settings.batch_size)
     seconds = time.perf_counter() - t0
     summary = {"stage": "train_ritc", "arch": info["arch"], "n_classes": n_classes,
-               "split": split, "n_images": len(images), "steps": total, "resumed_from": start,
+               "output_stride": info["output_stride"], "split": split, "n_images": len(images),
+               "steps": total, "resumed_from": start,
                "world_size": env.world_size, "train_seconds": round(seconds, 1),
                "clip": clip_model.model_id, "texts": texts.stats,
                "final_loss": curve[-1]["loss"] if curve else None}
     if env.is_main:
         # SyncBN layers save under BatchNorm2d's keys: the file loads into RitcNet/CamNet
         save_model(out_model, net.state_dict(), arch=info["arch"], n_classes=n_classes,
-                   stage="train_ritc", meta={**summary, "settings": settings.to_dict()})
+                   output_stride=info["output_stride"], stage="train_ritc",
+                   meta={**summary, "settings": settings.to_dict()})
         write_curve_tsv(curve, out_curve)
         if resume is not None:
             resume.clear()

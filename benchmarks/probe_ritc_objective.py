@@ -2,6 +2,7 @@
 
     python benchmarks/probe_ritc_objective.py masks                  # ~10 s on 2 CPU cores
     python benchmarks/probe_ritc_objective.py content --images 64    # ~20 s
+    python benchmarks/probe_ritc_objective.py gradient --images 64   # ~1 min
     python benchmarks/probe_ritc_objective.py classes --images 300   # ~1 min
     python benchmarks/probe_ritc_objective.py direct --grid 32       # ~2 min
     python benchmarks/probe_ritc_objective.py direct --init baseline --steps 120 --lr 0.3
@@ -20,6 +21,12 @@ A CLIP the method can use gives its lowest value to the full-strength exact mask
 image's own (images rolled by one in the batch, blank images), without the mask prompt, and for
 the mask moved sideways. A CLIP that reads the content gives the real images clearly the lowest
 value; one that read the mask prompt's shape would score blank images about as well.
+
+``gradient``: is the loss's gradient a pointer to the object? For each (image, class) pair,
+the gradient of FRC and of BRC with respect to the CAM logits (full resolution), averaged over
+``--pool`` px cells, ranks the cells: AUC of -gradient for "cell mostly object" (0.5 = no
+information, 1 = every object cell would rise before any other), at the baseline's CAM, at
+the ground truth and at a flat 0.5 map. Training can only follow what this gradient says.
 
 ``classes``: per class, on the images (of the first ``--images``) that contain it, the same
 weighted loss when that class's CAM is the ground truth, each experiment's exported CAM
@@ -99,7 +106,7 @@ def ritc_loss_per_pair(P: Any, d: dict[str, Any], x: Any = None,
                     d["clip"].encode_image, clip_size=d["clip"].image_size,
                     mask_prompt=mask_prompt)
     n = max(out.n_valid_pairs, 1)
-    return float(out.frc) / n, float(out.brc) / n, out
+    return float(out.frc.detach()) / n, float(out.brc.detach()) / n, out
 
 
 def class_maps(gt: Any, n_classes: int) -> Any:
@@ -225,6 +232,17 @@ def _quality(z: Any, d: dict[str, Any]) -> str:
     return f"CAM mIoU {miou:.3f} @ {threshold:.2f}, alive {alive:.2f}"
 
 
+def baseline_logits(d: dict[str, Any], baseline: Path, scale: float) -> Any:
+    """The baseline CAM network's class scores on the probe's images x ``scale`` [N,K,h,w]."""
+    import torch
+
+    from qaclims.cam.checkpoint import load_cam_network
+
+    net, _ = load_cam_network(baseline, "ritc", d["n_classes"])
+    with torch.no_grad():
+        return net.eval().classifier(net.features(d["x"])) * scale
+
+
 def probe_direct(d: dict[str, Any], *, init: str, grid: int, steps: int, lr: float,
                  scale: float, baseline: Path) -> None:
     import torch
@@ -233,14 +251,7 @@ def probe_direct(d: dict[str, Any], *, init: str, grid: int, steps: int, lr: flo
     if init == "gt":
         z0 = F.adaptive_avg_pool2d(class_maps(d["gt"], d["n_classes"]), grid) * 8 - 4
     else:
-        from qaclims.cam.checkpoint import build_cam_network, load_model_state
-
-        state, info = load_model_state(baseline)
-        net = build_cam_network("ritc", info["arch"], d["n_classes"],
-                                info["output_stride"])
-        net.load_state_dict(state, strict=True)
-        with torch.no_grad():
-            z0 = net.eval().classifier(net.features(d["x"])) * scale
+        z0 = baseline_logits(d, baseline, scale)
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     print(f"start  {_quality(z, d)}", flush=True)
@@ -254,11 +265,53 @@ def probe_direct(d: dict[str, Any], *, init: str, grid: int, steps: int, lr: flo
                   f"{_quality(z, d)}", flush=True)
 
 
+def ranking_auc(score: Any, positive: Any) -> float | None:
+    """P(score of a positive > score of a negative), ties half (Mann-Whitney); None when one
+    side is empty."""
+    import torch
+
+    pos, neg = score[positive], score[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    ranks = torch.cat([pos, neg]).double().argsort().argsort().double() + 1
+    # ties: average ranks would be exact; gradients are continuous, ties are rare
+    u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def probe_gradient(d: dict[str, Any], *, pool: int, scale: float, baseline: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    size = d["x"].shape[-1]
+    gt = class_maps(d["gt"], d["n_classes"])
+    starts = {"baseline CAM": F.interpolate(baseline_logits(d, baseline, scale), size,
+                                            mode="bilinear", align_corners=False),
+              "GT (0.95 / 0.02)": torch.logit(0.95 * gt + 0.02 * (1 - gt)),
+              "flat 0.5": torch.zeros_like(gt)}
+    for name, z0 in starts.items():
+        for term in ("frc", "brc"):
+            z = z0.clone().requires_grad_(True)
+            _, _, out = ritc_loss_per_pair(torch.sigmoid(z), d)
+            (g,) = torch.autograd.grad(getattr(out, term), z)
+            aucs = []
+            for i, k in torch.nonzero(d["y"]).tolist():
+                obj = (d["gt"][i] == k + 1).float()[None, None]
+                gi = -g[i, k][None, None]
+                if pool > 1:
+                    gi, obj = F.avg_pool2d(gi, pool), F.avg_pool2d(obj, pool)
+                a = ranking_auc(gi.flatten(), obj.flatten() > 0.5)
+                if a is not None:
+                    aucs.append(a)
+            print(f"{name:18s} {term.upper()}  AUC {np.mean(aucs):.3f} (median "
+                  f"{np.median(aucs):.3f}, {len(aucs)} pairs)", flush=True)
+
+
 def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["masks", "content", "classes", "direct"])
+    p.add_argument("mode", choices=["masks", "content", "classes", "direct", "gradient"])
     p.add_argument("--results", type=Path, default=ROOT / "results/synthetic")
     p.add_argument("--clip", type=Path, default=ROOT / "resources/weights/toy/demo/clip")
     p.add_argument("--text-features", type=Path, default=None,
@@ -268,6 +321,8 @@ def main() -> None:
     p.add_argument("--init", choices=["gt", "baseline"], default="gt")
     p.add_argument("--grid", type=int, default=8, help="GT init: logit cells per side")
     p.add_argument("--scale", type=float, default=0.25, help="baseline init: logit scale")
+    p.add_argument("--pool", type=int, default=16,
+                   help="gradient: cell size (px) the gradient and the GT are averaged over")
     p.add_argument("--experiments", nargs="+", default=["baseline", "qa_clims"],
                    help="classes: experiments whose exported CAMs are scored")
     p.add_argument("--steps", type=int, default=120)
@@ -287,6 +342,9 @@ def main() -> None:
         cams = {e: exported_cams(sorted((a.results / e / "cams").glob("*.h5")), d["image_ids"],
                                  d["n_classes"], a.size) for e in a.experiments}
         probe_classes(d, cams)
+    elif a.mode == "gradient":
+        probe_gradient(d, pool=a.pool, scale=a.scale,
+                       baseline=a.results / "baseline/cam/model.pth")
     else:
         probe_direct(d, init=a.init, grid=a.grid, steps=a.steps, lr=a.lr, scale=a.scale,
                      baseline=a.results / "baseline/cam/model.pth")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qaclims.cam.networks import _replace_batchnorm, _set_output_stride_16
+from qaclims.cam.networks import _replace_batchnorm, _set_output_stride
 
 __all__ = ["EdgeDisplacementNet", "MeanShift", "from_authors_state_dict"]
 
@@ -94,7 +94,7 @@ class EdgeDisplacementNet(nn.Module):
         super().__init__()
         if not all(hasattr(resnet, a) for a in ("conv1", "bn1", "layer1", "layer4")):
             raise TypeError(f"expected a torchvision ResNet, got {type(resnet).__name__}")
-        _set_output_stride_16(resnet)
+        _set_output_stride(resnet, 16)
         _replace_batchnorm(resnet, fixed=True)
         c1 = int(resnet.conv1.out_channels)
         c2, c3, c4, c5 = (_block_out_channels(getattr(resnet, f"layer{i}")) for i in range(1, 5))

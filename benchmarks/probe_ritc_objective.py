@@ -25,8 +25,11 @@ value; one that read the mask prompt's shape would score blank images about as w
 ``gradient``: is the loss's gradient a pointer to the object? For each (image, class) pair,
 the gradient of FRC and of BRC with respect to the CAM logits (full resolution), averaged over
 ``--pool`` px cells, ranks the cells: AUC of -gradient for "cell mostly object" (0.5 = no
-information, 1 = every object cell would rise before any other), at the baseline's CAM, at
-the ground truth and at a flat 0.5 map. Training can only follow what this gradient says.
+information, 1 = every object cell would rise before any other), at the baseline's CAM (its
+own logits, where RITC starts), at the ground truth and at a flat 0.5 map. Training can only
+follow what this gradient says. Where FAT keeps every pixel (``P >= omega * max`` everywhere, as
+for the flat map) the background's mask prompt is empty, the CLIP sees none of its pixels and
+BRC has no gradient at all: AUC exactly 0.5.
 
 ``classes``: per class, on the images (of the first ``--images``) that contain it, the same
 weighted loss when that class's CAM is the ground truth, each experiment's exported CAM
@@ -273,19 +276,22 @@ def ranking_auc(score: Any, positive: Any) -> float | None:
     pos, neg = score[positive], score[~positive]
     if len(pos) == 0 or len(neg) == 0:
         return None
-    ranks = torch.cat([pos, neg]).double().argsort().argsort().double() + 1
-    # ties: average ranks would be exact; gradients are continuous, ties are rare
+    # average ranks (1-based): a tied group shares the mean of the ranks it spans
+    _, inverse, counts = torch.unique(torch.cat([pos, neg]).double(), return_inverse=True,
+                                      return_counts=True)
+    ranks = (counts.cumsum(0) - (counts - 1) / 2).double()[inverse]
     u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
 
 
-def probe_gradient(d: dict[str, Any], *, pool: int, scale: float, baseline: Path) -> None:
+def probe_gradient(d: dict[str, Any], *, pool: int, baseline: Path) -> None:
     import torch
     import torch.nn.functional as F
 
     size = d["x"].shape[-1]
     gt = class_maps(d["gt"], d["n_classes"])
-    starts = {"baseline CAM": F.interpolate(baseline_logits(d, baseline, scale), size,
+    # the baseline's own logits (scale 1): where RITC training starts
+    starts = {"baseline CAM": F.interpolate(baseline_logits(d, baseline, 1.0), size,
                                             mode="bilinear", align_corners=False),
               "GT (0.95 / 0.02)": torch.logit(0.95 * gt + 0.02 * (1 - gt)),
               "flat 0.5": torch.zeros_like(gt)}
@@ -343,8 +349,7 @@ def main() -> None:
                                  d["n_classes"], a.size) for e in a.experiments}
         probe_classes(d, cams)
     elif a.mode == "gradient":
-        probe_gradient(d, pool=a.pool, scale=a.scale,
-                       baseline=a.results / "baseline/cam/model.pth")
+        probe_gradient(d, pool=a.pool, baseline=a.results / "baseline/cam/model.pth")
     else:
         probe_direct(d, init=a.init, grid=a.grid, steps=a.steps, lr=a.lr, scale=a.scale,
                      baseline=a.results / "baseline/cam/model.pth")

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
     import torch
 
-    from qaclims.cam.checkpoint import build_cam_network, load_model_state
+    from qaclims.cam.checkpoint import load_cam_network
     from qaclims.cam.datasets import StepBatchSampler, make_loader, split_images, train_augment
     from qaclims.cam.settings import RitcSettings
     from qaclims.cam.train_cam import set_threads
@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     images = split_images(res_dir / "data/manifest.parquet", cfg["dataset"]["splits"]["train"], K)
     total = args.steps or settings.total_steps(len(images))
 
-    state, info = load_model_state(args.baseline or res_dir / "baseline/cam/model.pth")
-    net = build_cam_network("ritc", info["arch"], K, info["output_stride"])
-    net.load_state_dict(state, strict=True)
+    net, _ = load_cam_network(args.baseline or res_dir / "baseline/cam/model.pth", "ritc", K)
     clip = load_clip(str(args.clip / "open_clip_config.json"), None,
                      mask_checkpoint=str(args.clip / "ovseg_toy_clip.pth"))
     for p in clip.parameters():

@@ -31,8 +31,7 @@ from torch import Tensor
 
 from qaclims.cam.checkpoint import (
     ResumeState,
-    build_cam_network,
-    load_model_state,
+    load_cam_network,
     save_model,
     write_curve_tsv,
 )
@@ -243,11 +242,7 @@ def _train_ritc_rank(env: DistEnv, manifest: str, classes: str, split: str, corp
     total = settings.total_steps(len(images))
     torch.manual_seed(settings.seed)
 
-    state, info = load_model_state(init_model)
-    if info["n_classes"] != n_classes:
-        raise ValueError(f"{init_model}: {info['n_classes']} classes, the dataset {n_classes}")
-    net = build_cam_network("ritc", info["arch"], n_classes, info["output_stride"])
-    net.load_state_dict(state, strict=True)
+    net, info = load_cam_network(init_model, "ritc", n_classes)
     net.to(dev)
     if env.distributed:
         convert_sync_batchnorm(net, dev)

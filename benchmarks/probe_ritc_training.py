@@ -2,6 +2,7 @@
 
     python benchmarks/probe_ritc_training.py --steps 500 --eval-every 100        # ~12 min, 2 cores
     python benchmarks/probe_ritc_training.py --set classifier_lr_mult=10 --steps 300
+    python benchmarks/probe_ritc_training.py --oracle-clip --oracle-salience 8 --oracle-blank 0.05
 
 Runs after the demo's CAM stage (``snakemake -c2 results/synthetic/summary/cam_miou.md``): it
 reads the demo's manifest, classes, QAPE corpus and text features, the baseline CAM network and
@@ -16,6 +17,15 @@ the last line. The export uses three scales, so the numbers sit a little below
 ``search_threshold``'s; what matters is their direction. ``--clip`` / ``--text-features`` /
 ``--corpus`` try another toy CLIP (its text features must come from its own text tower);
 ``--baseline`` starts from another CAM network file (e.g. one trained at other crop sizes).
+
+``--oracle-clip`` is a positive control for everything but the CLIP: the same loss code, FAT,
+optimiser, schedule and CAM network, with the CLIP image tower replaced by an idealised one that
+reads the crop's ground truth. The "image" handed to the loss is the one-hot ground truth
+(background + K classes); the region embedding is the ``P``-weighted mix of what it covers - each
+class's label text, the background as the mean of the pair's background texts - so a region
+looks like what is visible in it, as web-scale CLIP roughly does. It answers from ground truth,
+so it is a diagnostic of the training recipe only: if RITC cannot improve the CAM with it, the
+toy CLIP is not the (only) thing to fix.
 """
 
 from __future__ import annotations
@@ -80,6 +90,62 @@ def show(step: int, res: dict[str, Any], extra: str = "") -> None:
           f"absent {res['mean_p_absent']:.4f}  | {per} {extra}", flush=True)
 
 
+def oracle_inputs(gt: Any, n_classes: int) -> Any:
+    """One-hot ``[N, 1 + K, H, W]`` float maps of ground-truth crops (255 = no channel)."""
+    import torch
+
+    g = gt.long()
+    onehot = torch.zeros(g.shape[0], n_classes + 1, *g.shape[1:], dtype=torch.float32)
+    valid = g <= n_classes
+    onehot.scatter_(1, torch.where(valid, g, 0).unsqueeze(1), valid.unsqueeze(1).float())
+    return onehot
+
+
+def oracle_encoder(class_vecs: Any, bg_vecs: Any, blank_vec: Any, salience: float = 1.0,
+                   blank: float = 0.0) -> Any:
+    """``encode_image`` of the oracle: the region's channel masses, as fractions, mix the
+    background vector of its pair (``bg_vecs`` [P, D], pairs in the loss's order) and the label
+    vectors (``class_vecs`` [K, D]). Object masses count ``salience`` times (web CLIP names the
+    horse on the beach, not the beach); ``blank`` x the image area is a constant mass of
+    "nothing" (``blank_vec``), so a faint region reads as blank instead of as its content."""
+    import torch
+
+    def encode(region: Any, masks: Any = None) -> Any:
+        mass = region.sum(dim=(2, 3))                                   # [P, 1 + K]
+        mass = torch.cat([mass[:, :1], salience * mass[:, 1:]], 1)
+        nothing = blank * region.shape[2] * region.shape[3]
+        frac = mass / (mass.sum(1, keepdim=True) + nothing).clamp(min=1e-6)
+        rest = 1 - frac.sum(1, keepdim=True)
+        return frac[:, :1] * bg_vecs + frac[:, 1:] @ class_vecs + rest * blank_vec
+
+    return encode
+
+
+class GtCropDataset:
+    """:class:`CamTrainDataset` that also returns the ground-truth crop (same augmentation)."""
+
+    def __init__(self, images: Any, augment: Any, gt_paths: list[str]) -> None:
+        self.images, self.augment, self.gt_paths = images, augment, gt_paths
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        import random
+
+        import torch
+
+        from qaclims.cam.datasets import load_rgb
+        from qaclims.store import read_label_png
+
+        index, seed = item
+        img = load_rgb(self.images.image_paths[index])
+        x, gt = self.augment(img, read_label_png(self.gt_paths[index]), rng=random.Random(seed))
+        return (torch.from_numpy(np.ascontiguousarray(x)),
+                torch.from_numpy(self.images.labels[index]), int(index),
+                torch.from_numpy(np.ascontiguousarray(gt)))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=ROOT / "results/synthetic")
@@ -98,6 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-split", default=None, help="default: the config's cam_eval split")
     ap.add_argument("--eval-scales", type=float, nargs="+", default=[1.0],
                     help="inference scales of the evaluation CAMs (the export's: 1.0 0.5 1.5)")
+    ap.add_argument("--oracle-clip", action="store_true",
+                    help="positive control: a CLIP that reads the ground truth (see the doc)")
+    ap.add_argument("--oracle-salience", type=float, default=1.0,
+                    help="weight of object pixels against background pixels in the oracle")
+    ap.add_argument("--oracle-blank", type=float, default=0.0,
+                    help="the oracle's constant mass of 'nothing', as a share of the image area")
     ap.add_argument("--save", type=Path, default=None, help="write the trained state dict here")
     args = ap.parse_args(argv)
 
@@ -150,16 +222,41 @@ def main(argv: list[str] | None = None) -> None:
 
     optimizer = ritc_optimizer(net, settings, total)
     sampler = StepBatchSampler(len(images), settings.batch_size, total, settings.seed, 0, 0, 1)
-    loader = make_loader(images, train_augment(settings.resize_long, settings.crop_size,
-                                               settings.hflip), sampler, 0)
+    augment = train_augment(settings.resize_long, settings.crop_size, settings.hflip)
+    if args.oracle_clip:
+        from qaclims.cam.losses import ritc_loss
+
+        loader: Any = torch.utils.data.DataLoader(
+            GtCropDataset(images, augment, [gt_of[i] for i in images.image_ids]),
+            batch_sampler=sampler, num_workers=0)
+        class_vecs = torch.from_numpy(np.stack([tf[f"a photo of {c.text}."] for c in classes]))
+        # "nothing": orthogonal to every label text (the bank's mean removed as well)
+        q, _ = torch.linalg.qr(torch.cat([class_vecs, torch.from_numpy(tf.feats).mean(0)[None],
+                                          torch.randn(1, class_vecs.shape[1])]).T)
+        blank_vec = q[:, -1]
+    else:
+        loader = make_loader(images, augment, sampler, 0)
     pair_scale = settings.pair_scale(1)
     print(f"settings: {settings.to_dict()}\n{total} steps, texts {texts.stats}", flush=True)
     net.train()
     show(0, evaluate(net, ev, gts, K, names, scales))
     sums, since = np.zeros(3), 0
     t0 = time.perf_counter()
-    for step, (x, y, idx) in enumerate(loader, start=1):
-        out = ritc_batch_loss(net(x), x, y, idx, texts, clip, settings, pair_scale)
+    for step, (x, y, idx, *rest) in enumerate(loader, start=1):
+        if args.oracle_clip:
+            fg, bg, bg_mask = texts.batch(idx)
+            n, k = torch.nonzero((y == 1) & bg_mask.any(-1), as_tuple=True)
+            w = bg_mask[n, k].float().unsqueeze(-1)
+            bg_vecs = (bg[n, k] * w).sum(1) / w.sum(1)
+            encode = oracle_encoder(class_vecs, bg_vecs, blank_vec, args.oracle_salience,
+                                    args.oracle_blank)
+            out = ritc_loss(net(x), oracle_inputs(rest[0], K), y, fg, bg, bg_mask, encode,
+                            weights=settings.loss_weights,
+                            tau=settings.tau, omega=settings.omega if settings.fat else 0.0,
+                            brc_variant=settings.brc_variant, mask_mode=settings.mask_mode,
+                            pair_scale=pair_scale, clip_size=clip.image_size)
+        else:
+            out = ritc_batch_loss(net(x), x, y, idx, texts, clip, settings, pair_scale)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()

@@ -319,6 +319,22 @@ def test_blend_targets_are_the_mask_mass_per_text():
     assert torch.allclose(q, torch.tensor([[0.0, 4 / 6, 2 / 6, 0.0]]))
 
 
+def test_blend_targets_weigh_objects_and_spread_blank_evenly():
+    maps, rt = _region_map()
+    w = torch.tensor([[[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0],
+                       [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.9, 0.9]]])
+    text_map = torch.gather(rt, 1, maps.reshape(1, -1).long()).view(maps.shape)
+    # text 10 (region 1, mass 2) is an object counted 4x: 8 against region 2's 4
+    q = blend_targets(w, text_map, [10, 11, 12, 99], salience=[4.0, 1.0, 1.0, 1.0])
+    assert torch.allclose(q, torch.tensor([[8 / 12, 4 / 12, 0.0, 0.0]]))
+    # blank 0.25 x 16 px = 4 units of "nothing", one per column
+    q = blend_targets(w, text_map, [10, 11, 12, 99], blank=0.25)
+    assert torch.allclose(q, torch.tensor([[3 / 10, 5 / 10, 1 / 10, 1 / 10]]))
+    # an empty mask is all "nothing": the uniform distribution, not a division by zero
+    q = blend_targets(torch.zeros_like(w), text_map, [10, 11, 12, 99], blank=0.25)
+    assert torch.allclose(q, torch.full((1, 4), 0.25))
+
+
 def test_blend_masks_keep_whole_regions_at_one_strength():
     maps, rt = _region_map()
     maps, rt = maps.repeat(64, 1, 1), rt.repeat(64, 1)

@@ -19,7 +19,9 @@ the ``train`` split:
   regions, each at a random strength, the mask blurred like an upsampled CAM - what RITC feeds
   while its CAM is still wrong (``P * img`` with part object, part context). The target is a
   soft distribution over the class and context texts, each text's share being the mask's mass
-  on its pixels (:func:`blend_targets`). Web-scale CLIP sees every mixture of things and grades
+  on its pixels, objects weighted ``blend_object_salience`` times, plus an even share for a
+  constant mass of "nothing" (``blend_blank``) so faint regions read as hard to name
+  (:func:`blend_targets`). Web-scale CLIP sees every mixture of things and grades
   its similarities by what is visible; a toy CLIP trained on clean regions only has no such
   grading, and RITC's gradient then finds CAMs that satisfy it without covering the object
   (issue #5: optimising a CAM directly under the loss lowered its mIoU).
@@ -101,6 +103,15 @@ class ToyClipSettings:
     blend_keep: float = 0.5
     blend_min_strength: float = 0.2
     blend_max_blur: int = 9
+    # How a blend's soft target weighs what is visible. Web-scale CLIP is object-centric: a
+    # photo of a horse on a beach is "a photo of a horse", although sand and sea fill most of
+    # it. So an object's mass counts ``blend_object_salience`` times a context's. And a faint
+    # region is hard to name: ``blend_blank`` x the image area is a mass of "nothing" that
+    # spreads its share evenly over the texts. Area-proportional targets (1, 0) make the
+    # baseline's broad CAM read as its context and a blank map beat it; the RITC loss then
+    # shrinks every map instead of moving it onto the object (issue #5 notes).
+    blend_object_salience: float = 24.0
+    blend_blank: float = 0.05
     # Share of region samples whose mask prompt is the whole image (pixels still masked): RITC
     # feeds CLIP a loose prompt (every patch with a CAM value above 10 % of its max) over soft
     # ``P * img`` pixels, so the model must read the region from the pixels, not only from the
@@ -148,6 +159,12 @@ class ToyClipSettings:
         if not 0 <= data.get("blend_min_strength", cls.blend_min_strength) <= 1:
             raise ValueError(f"blend_min_strength: expected a value in [0, 1], got "
                              f"{data['blend_min_strength']!r}")
+        if not data.get("blend_object_salience", cls.blend_object_salience) > 0:
+            raise ValueError(f"blend_object_salience: expected a weight > 0, got "
+                             f"{data['blend_object_salience']!r}")
+        if not 0 <= data.get("blend_blank", cls.blend_blank) < 1:
+            raise ValueError(f"blend_blank: expected a share of the image area in [0, 1), got "
+                             f"{data['blend_blank']!r}")
         if int(data.get("blend_max_blur", cls.blend_max_blur)) < 1:
             raise ValueError(f"blend_max_blur: expected >= 1 pixel, got "
                              f"{data['blend_max_blur']!r}")
@@ -187,6 +204,7 @@ class ClipSamples:
 class ClipData:
     texts: list[str]  # every training text, id = position
     vocab_ids: list[int]  # object class + context texts (join every batch)
+    n_object_texts: int  # the first n_object_texts of vocab_ids are the object classes
     samples: dict[str, ClipSamples]
     images: Any  # uint8 tensor [N,S,S,3] at the model's size
     masks: Any  # uint8 tensor [N,S,S]
@@ -283,7 +301,7 @@ def build_clip_data(corpus: VlpCorpus, s: ToyClipSettings) -> ClipData:
                                        np.zeros(len(train), np.int64), [() for _ in train])
     images = torch.from_numpy(resize_uint8(corpus.images, s.image_size))
     masks = torch.from_numpy(resize_uint8(corpus.region_masks, s.image_size, nearest=True))
-    return ClipData(list(texts), vocab_ids, samples, images, masks,
+    return ClipData(list(texts), vocab_ids, len(classes), samples, images, masks,
                     torch.from_numpy(region_text))
 
 
@@ -382,9 +400,14 @@ def blend_masks(masks: Any, region_text: Any, gen: Any, keep: float, min_strengt
     return out
 
 
-def blend_targets(weights: Any, text_map: Any, columns: list[int]) -> Any:
+def blend_targets(weights: Any, text_map: Any, columns: list[int],
+                  salience: Any = None, blank: float = 0.0) -> Any:
     """``[B, len(columns)]`` soft targets: the share of each mask's mass ``weights`` [B,S,S] on
-    the pixels whose region text (``text_map`` [B,S,S], -1 none) is each column's text id."""
+    the pixels whose region text (``text_map`` [B,S,S], -1 none) is each column's text id.
+
+    ``salience`` [len(columns)] (default all 1) multiplies each column's mass; ``blank`` x the
+    number of pixels is a mass of "nothing" whose share goes evenly to every column.
+    """
     import torch
 
     B = weights.shape[0]
@@ -399,6 +422,10 @@ def blend_targets(weights: Any, text_map: Any, columns: list[int]) -> Any:
     q = torch.zeros(B, len(columns) + 1)
     q.scatter_add_(1, flat, weights.reshape(B, -1).float())
     q = q[:, :-1]
+    if salience is not None:
+        q = q * torch.as_tensor(salience, dtype=q.dtype)
+    nothing = blank * weights[0].numel()
+    q = (q + nothing / len(columns)) / (q.sum(1, keepdim=True) + nothing).clamp(min=1e-8)
     return q / q.sum(1, keepdim=True).clamp(min=1e-8)
 
 
@@ -488,7 +515,9 @@ def _assemble_blends(data: ClipData, sel: Any, gen: Any, mean, std, s: ToyClipSe
     peak = w.amax(dim=(1, 2), keepdim=True)
     prompt_mask = (w >= 0.1 * peak).float()[:, None]
     text_map = torch.gather(rt, 1, maps.reshape(len(idx), -1).long()).view(maps.shape)
-    return x, prompt_mask, blend_targets(w, text_map, data.vocab_ids)
+    salience = torch.ones(len(data.vocab_ids))
+    salience[:data.n_object_texts] = s.blend_object_salience
+    return x, prompt_mask, blend_targets(w, text_map, data.vocab_ids, salience, s.blend_blank)
 
 
 def _set_determinism(seed: int, threads: int) -> None:

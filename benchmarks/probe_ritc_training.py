@@ -121,29 +121,27 @@ def oracle_encoder(class_vecs: Any, bg_vecs: Any, blank_vec: Any, salience: floa
     return encode
 
 
-class GtCropDataset:
-    """:class:`CamTrainDataset` that also returns the ground-truth crop (same augmentation)."""
+def gt_crop_dataset(images: Any, augment: Any, gt_paths: list[str]) -> Any:
+    """:class:`CamTrainDataset` whose items also carry the ground-truth crop (same augmentation)."""
+    from qaclims.cam.datasets import CamTrainDataset
 
-    def __init__(self, images: Any, augment: Any, gt_paths: list[str]) -> None:
-        self.images, self.augment, self.gt_paths = images, augment, gt_paths
+    class GtCropDataset(CamTrainDataset):
+        def __getitem__(self, item: tuple[int, int]) -> Any:
+            import random
 
-    def __len__(self) -> int:
-        return len(self.images)
+            import torch
 
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        import random
+            from qaclims.cam.datasets import load_rgb
+            from qaclims.store import read_label_png
 
-        import torch
+            index, seed = item
+            img = load_rgb(self.images.image_paths[index])
+            x, gt = self.augment(img, read_label_png(gt_paths[index]), rng=random.Random(seed))
+            return (torch.from_numpy(np.ascontiguousarray(x)),
+                    torch.from_numpy(self.images.labels[index]), int(index),
+                    torch.from_numpy(np.ascontiguousarray(gt)))
 
-        from qaclims.cam.datasets import load_rgb
-        from qaclims.store import read_label_png
-
-        index, seed = item
-        img = load_rgb(self.images.image_paths[index])
-        x, gt = self.augment(img, read_label_png(self.gt_paths[index]), rng=random.Random(seed))
-        return (torch.from_numpy(np.ascontiguousarray(x)),
-                torch.from_numpy(self.images.labels[index]), int(index),
-                torch.from_numpy(np.ascontiguousarray(gt)))
+    return GtCropDataset(images, augment)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,12 +225,13 @@ def main(argv: list[str] | None = None) -> None:
         from qaclims.cam.losses import ritc_loss
 
         loader: Any = torch.utils.data.DataLoader(
-            GtCropDataset(images, augment, [gt_of[i] for i in images.image_ids]),
+            gt_crop_dataset(images, augment, [gt_of[i] for i in images.image_ids]),
             batch_sampler=sampler, num_workers=0)
         class_vecs = torch.from_numpy(np.stack([tf[f"a photo of {c.text}."] for c in classes]))
         # "nothing": orthogonal to every label text (the bank's mean removed as well)
         q, _ = torch.linalg.qr(torch.cat([class_vecs, torch.from_numpy(tf.feats).mean(0)[None],
-                                          torch.randn(1, class_vecs.shape[1])]).T)
+                                          torch.randn(1, class_vecs.shape[1],
+                                                      generator=torch.Generator().manual_seed(0))]).T)
         blank_vec = q[:, -1]
     else:
         loader = make_loader(images, augment, sampler, 0)

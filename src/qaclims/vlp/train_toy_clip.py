@@ -424,8 +424,7 @@ def blend_targets(weights: Any, text_map: Any, columns: list[int],
     q = q[:, :-1]
     if salience is not None:
         q = q * torch.as_tensor(salience, dtype=q.dtype)
-    nothing = blank * weights[0].numel()
-    q = (q + nothing / len(columns)) / (q.sum(1, keepdim=True) + nothing).clamp(min=1e-8)
+    q = q + blank * weights[0].numel() / len(columns)
     return q / q.sum(1, keepdim=True).clamp(min=1e-8)
 
 

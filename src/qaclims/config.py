@@ -12,6 +12,7 @@ Defaults come from the schema (every key has a ``description`` and, where option
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,28 @@ def check_stage_settings(config: Mapping[str, Any], schema: Mapping[str, Any]) -
                                        prefix=f"{where}.ritc")
                 validate({**config["qape"]["corpus"], **spec.get("corpus", {})}, corpus_schema,
                          what=f"{where}.corpus")
+        check_seeds(config)
     except ConfigError:
         raise
     except ValueError as err:
         raise ConfigError(f"invalid configuration: {err}") from None
+
+
+SEED_SUFFIX = re.compile(r"-seed\d+$")
+"""How a run of an experiment with a seed offset > 0 is named: ``qa_clims-seed2``."""
+
+
+def check_seeds(config: Mapping[str, Any]) -> None:
+    """``seeds`` holds 0 (the configured run), and no experiment name looks like a seeded run."""
+    seeds = list(config.get("seeds") or [0])
+    if 0 not in seeds:
+        raise ValueError(f"seeds: expected a list holding 0 (the configured run under the plain "
+                         f"experiment names), got {seeds}")
+    for section in ("experiments", "ablations"):
+        for name in config.get(section) or {}:
+            if SEED_SUFFIX.search(name):
+                raise ValueError(f"{section}.{name}: names ending in '-seed<N>' are the seeded "
+                                 f"runs' (seeds); rename the experiment")
 
 
 def validate_config(config: dict[str, Any], base: str | Path = ".") -> dict[str, Any]:

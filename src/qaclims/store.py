@@ -46,6 +46,17 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+def save_torch(obj: Any, path: PathLike) -> None:
+    """``torch.save`` through an open file. Given a path, torch names the zip's records after the
+    file (``.model.pth.x8k2/data.pkl``), and atomic writes use random temporary names: equal
+    weights then got different bytes and checksums, so model ids and every hash built on them
+    differed between identical runs. Through a file object the records are ``archive/...``."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def write_json(data: Any, path: PathLike, indent: int = 2) -> None:
     """Write ``data`` as JSON atomically; numpy scalars and arrays are converted."""
     with atomic_path(path) as tmp:

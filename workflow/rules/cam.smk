@@ -19,21 +19,23 @@ rule train_cam:
         classes=data_path("classes.json"),
         backbone=cam_backbone_input,
     output:
-        model=experiment_path(BASELINE, "cam/model.pth"),
-        curve=experiment_path(BASELINE, "cam/loss_curve.tsv"),
+        model=experiment_path("{baseline}", "cam/model.pth"),
+        curve=experiment_path("{baseline}", "cam/loss_curve.tsv"),
+    wildcard_constraints:
+        baseline=_BASELINE_RE,
     params:
-        settings=train_cam_settings(),
+        settings=lambda wc: train_cam_settings(seed_of(wc.baseline)),
         split=DATASET["splits"]["train"],
-        resume_root=experiment_path(BASELINE, "_resume/train_cam"),
+        resume_root=lambda wc: experiment_path(wc.baseline, "_resume/train_cam"),
         device=COMPUTE["device"],
         world_size=world_size_of("train_cam"),
     log:
-        f"{LOGS}/train_cam.log",
+        f"{LOGS}/{{baseline}}/train_cam.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_cam.tsv"
+        f"{RESULTS}/benchmarks/{{baseline}}/train_cam.tsv"
     conda:
         CONDA_ENV
-    threads: CAM["train_cam"].get("threads") or 2
+    threads: torch_threads(CAM["train_cam"].get("threads"))
     resources:
         mem_mb=training_mem_mb(4000, 700, CAM["train_cam"]),
         runtime=scaled_runtime(8 * 60),
@@ -47,7 +49,7 @@ rule train_ritc:
         unpack(experiment_texts),
         manifest=data_path("manifest.parquet"),
         classes=data_path("classes.json"),
-        init=experiment_path(BASELINE, "cam/model.pth"),
+        init=lambda wc: experiment_path(baseline_of(wc.experiment), "cam/model.pth"),
         clip=clip_model_input,
     output:
         model=experiment_path("{experiment}", "ritc/model.pth"),
@@ -67,7 +69,7 @@ rule train_ritc:
         f"{RESULTS}/benchmarks/{{experiment}}/train_ritc.tsv"
     conda:
         CONDA_ENV
-    threads: CAM["ritc"].get("threads") or 2
+    threads: torch_threads(CAM["ritc"].get("threads"))
     resources:
         # the CLIP image tower's activations (gradients flow through its inputs) dominate
         mem_mb=training_mem_mb(8000, 3000, lambda wc: ritc_settings_of(wc.experiment)),
@@ -87,7 +89,7 @@ rule export_cams:
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
     params:
-        settings=CAM["export"],
+        settings={**CAM["export"], "threads": torch_threads(CAM["export"].get("threads"))},
         splits=cam_export_splits(),
         shard="{shard}",
         n_shards=QAPE["n_shards"],
@@ -96,7 +98,7 @@ rule export_cams:
         f"{LOGS}/{{experiment}}/export_cams/{{shard}}.log",
     conda:
         CONDA_ENV
-    threads: CAM["export"].get("threads") or 2
+    threads: torch_threads(CAM["export"].get("threads"))
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(4 * 60, per_shard=True),
@@ -170,11 +172,12 @@ rule experiment_text_features:
         prompt=lambda wc: corpus_options_of(wc.experiment)["prompt"],
         batch_size=QAPE["text_batch_size"],
         device=COMPUTE["device"],
+        threads=TORCH_THREADS,
     log:
         f"{LOGS}/{{experiment}}/text_features.log",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         runtime="1h",

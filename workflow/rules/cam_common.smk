@@ -11,8 +11,50 @@ ABLATIONS = {name: spec or {} for name, spec in config["ablations"].items()}
 RITC_RUNS = {**EXPERIMENTS, **ABLATIONS}
 BASELINE = "baseline"
 CAM_EXPERIMENTS = [BASELINE, *EXPERIMENTS]
-_EXPERIMENT_RE = "|".join(re.escape(e) for e in [BASELINE, *RITC_RUNS])
-_RITC_RE = "|".join(re.escape(e) for e in RITC_RUNS) or "(?!)"
+# Seed offsets (config seeds): offset 0 is the configured run under the plain names; offset k
+# runs every training stage with its seed + k as the run "{experiment}-seed{k}", sharing data,
+# answers, corpus and toy models. A "run" below is such a name; its experiment is the plain one.
+SEEDS = list(config["seeds"])
+_SEED_RE = "|".join(str(s) for s in SEEDS if s)
+
+
+def run_name(experiment, seed=0):
+    """The run of ``experiment`` with seed offset ``seed``: qa_clims, qa_clims-seed2."""
+    return experiment if seed == 0 else f"{experiment}-seed{seed}"
+
+
+def split_run(run):
+    """(experiment, seed offset) of a run name: 'qa_clims-seed2' -> ('qa_clims', 2)."""
+    base, sep, seed = run.rpartition("-seed")
+    if sep and seed.isdigit() and int(seed) in SEEDS and int(seed) != 0:
+        return base, int(seed)
+    return run, 0
+
+
+def experiment_of(run):
+    return split_run(run)[0]
+
+
+def seed_of(run):
+    return split_run(run)[1]
+
+
+def baseline_of(run):
+    """The baseline run a run starts from (the same seed offset)."""
+    return run_name(BASELINE, seed_of(run))
+
+
+def runs_re(names):
+    """Wildcard constraint matching the runs (every seed offset) of ``names``."""
+    alt = "|".join(re.escape(e) for e in names)
+    if not alt:
+        return "(?!)"
+    return f"(?:{alt})(?:-seed(?:{_SEED_RE}))?" if _SEED_RE else f"(?:{alt})"
+
+
+_EXPERIMENT_RE = runs_re([BASELINE, *RITC_RUNS])
+_BASELINE_RE = runs_re([BASELINE])
+_RITC_RE = runs_re(RITC_RUNS)
 _OWN_CORPUS_RE = "|".join(re.escape(e) for e, spec in RITC_RUNS.items()
                           if spec.get("corpus")) or "(?!)"
 
@@ -34,16 +76,23 @@ def cam_backbone_input(wildcards):
     return [] if w in (None, "imagenet") else weights_input([w])
 
 
-def train_cam_settings():
-    return {**CAM["train_cam"], "weights": cam_backbone_weights()}
+def train_cam_settings(seed=0):
+    """cam.train_cam for params of the baseline run with seed offset ``seed``."""
+    return {**CAM["train_cam"], "weights": cam_backbone_weights(),
+            "threads": torch_threads(CAM["train_cam"].get("threads")),
+            "seed": CAM["train_cam"].get("seed", 0) + seed}
 
 
-def ritc_settings_of(experiment):
-    """cam.ritc with the experiment's overrides, validated (unknown keys fail at parse time)."""
+def ritc_settings_of(run):
+    """cam.ritc with the experiment's overrides, validated (unknown keys fail at parse time),
+    the run's seed offset added."""
     from qaclims.cam.settings import ritc_settings
 
-    return ritc_settings(CAM["ritc"], RITC_RUNS[experiment].get("ritc", {}),
-                         experiment=experiment).to_dict()
+    experiment, seed = split_run(run)
+    settings = ritc_settings(CAM["ritc"], RITC_RUNS[experiment].get("ritc", {}),
+                             experiment=experiment).to_dict()
+    return {**settings, "threads": torch_threads(settings["threads"]),
+            "seed": settings["seed"] + seed}
 
 
 def corpus_options_of(experiment):
@@ -52,16 +101,17 @@ def corpus_options_of(experiment):
 
 
 def experiment_texts(wildcards):
-    """corpus.parquet and text_features.h5 an experiment trains with."""
-    if RITC_RUNS[wildcards.experiment].get("corpus"):
-        return {"corpus": experiment_path(wildcards.experiment, "qape/corpus.parquet"),
-                "text_features": experiment_path(wildcards.experiment, "qape/text_features.h5")}
+    """corpus.parquet and text_features.h5 an experiment's runs train with (seeds share them)."""
+    experiment = experiment_of(wildcards.experiment)
+    if RITC_RUNS[experiment].get("corpus"):
+        return {"corpus": experiment_path(experiment, "qape/corpus.parquet"),
+                "text_features": experiment_path(experiment, "qape/text_features.h5")}
     return {"corpus": qape_path("corpus.parquet"), "text_features": qape_path("text_features.h5")}
 
 
 def cam_model(wildcards):
-    if wildcards.experiment == BASELINE:
-        return experiment_path(BASELINE, "cam/model.pth")
+    if experiment_of(wildcards.experiment) == BASELINE:
+        return experiment_path(wildcards.experiment, "cam/model.pth")
     return experiment_path(wildcards.experiment, "ritc/model.pth")
 
 
@@ -79,6 +129,11 @@ def world_size_of(rule_name):
 def cam_targets():
     """threshold.json of the baseline and of every experiment (ablations: target ablations)."""
     return [experiment_path(e, "cam_eval/threshold.json") for e in CAM_EXPERIMENTS]
+
+
+def seed_runs(experiments):
+    """Every seed offset's run of each experiment, offset by offset."""
+    return [run_name(e, s) for s in SEEDS for e in experiments]
 
 
 def summary_path(name):

@@ -36,6 +36,14 @@ def repo_file(path):
 
 QAPE = config["qape"]
 COMPUTE = config["compute"]
+TORCH_THREADS = COMPUTE["torch_threads"]
+
+
+def torch_threads(stage_threads=None):
+    """A rule's torch threads: its stage's own ``threads`` key, else compute.torch_threads.
+    They reach the script through params (results depend on them), and the rule asks the
+    scheduler for the same number; never Snakemake's granted threads, which follow --cores."""
+    return stage_threads or TORCH_THREADS
 
 
 def qape_path(name):

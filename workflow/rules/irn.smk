@@ -60,7 +60,7 @@ rule train_irn:
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
     params:
-        settings=irn_train_settings(),
+        settings=lambda wc: irn_train_settings(seed_of(wc.experiment)),
         split=DATASET["splits"]["train"],
         resume_root=lambda wc: experiment_path(wc.experiment, "_resume/train_irn"),
         device=COMPUTE["device"],
@@ -70,7 +70,7 @@ rule train_irn:
         f"{RESULTS}/benchmarks/{{experiment}}/irn/train_irn.tsv"
     conda:
         CONDA_ENV
-    threads: IRN_TRAIN.threads or 4
+    threads: torch_threads(IRN_TRAIN.threads)
     resources:
         mem_mb=training_mem_mb(4000, 600, IRN_TRAIN.to_dict()),
         runtime=scaled_runtime(4 * 60),
@@ -98,6 +98,7 @@ rule random_walk:
         shard="{shard}",
         n_shards=QAPE["n_shards"],
         device=COMPUTE["device"],
+        torch_threads=TORCH_THREADS,
     log:
         f"{LOGS}/{{experiment}}/irn/random_walk/{{shard}}.log",
     benchmark:

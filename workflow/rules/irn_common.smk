@@ -38,8 +38,10 @@ def irn_backbone_input(wildcards):
     return [] if w in (None, "imagenet") else weights_input([w])
 
 
-def irn_train_settings():
-    return {**IRN_TRAIN.to_dict(), "weights": irn_backbone_weights()}
+def irn_train_settings(seed=0):
+    """irn.train for params of a run with seed offset ``seed``."""
+    return {**IRN_TRAIN.to_dict(), "weights": irn_backbone_weights(),
+            "threads": torch_threads(IRN_TRAIN.threads), "seed": IRN_TRAIN.seed + seed}
 
 
 def irn_splits():

@@ -21,13 +21,14 @@ rule vqa:
         vqa_source=vqa_model_path(),
         vqa=MODELS["vqa"],
         device=COMPUTE["device"],
+        threads=TORCH_THREADS,
     log:
         f"{LOGS}/vqa/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/vqa/{{shard}}.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         runtime=scaled_runtime(4 * 60, per_shard=True),
@@ -68,11 +69,12 @@ rule text_features:
         prompt=QAPE["corpus"]["prompt"],
         batch_size=QAPE["text_batch_size"],
         device=COMPUTE["device"],
+        threads=TORCH_THREADS,
     log:
         f"{LOGS}/text_features.log",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=8000,
         runtime="1h",

@@ -29,7 +29,7 @@ rule deeplab_labels:
         experiment=_SEG_RE,
     params:
         split=DATASET["splits"]["train"],
-        ground_truth=lambda wc: SEG.trains_on_gt(wc.experiment),
+        ground_truth=lambda wc: SEG.trains_on_gt(experiment_of(wc.experiment)),
     log:
         f"{LOGS}/{{experiment}}/deeplab/deeplab_labels.log",
     conda:
@@ -54,7 +54,7 @@ rule train_deeplab:
     wildcard_constraints:
         experiment=_SEG_RE,
     params:
-        settings=seg_train_params(),
+        settings=lambda wc: seg_train_params(seed_of(wc.experiment)),
         init=deeplab_backbone_weights(),
         split=DATASET["splits"]["train"],
         resume_dir=lambda wc: experiment_path(wc.experiment, "_resume/train_deeplab"),
@@ -66,7 +66,7 @@ rule train_deeplab:
         f"{RESULTS}/benchmarks/{{experiment}}/deeplab/train_deeplab.tsv"
     conda:
         CONDA_ENV
-    threads: SEG.train.threads or 4
+    threads: torch_threads(SEG.train.threads)
     resources:
         # VOC (10 crops of 321, ResNet-101 with MSC) ~20 GB; the demo's and tiny's far less.
         mem_mb=training_mem_mb(4000, 5000, {"batch_size": SEG.train.batch_size,
@@ -91,6 +91,7 @@ rule predict_deeplab:
         settings=seg_predict_params(),
         split="{split}",
         device=COMPUTE["device"],
+        torch_threads=TORCH_THREADS,
     log:
         f"{LOGS}/{{experiment}}/deeplab/predict_{{split}}.log",
     benchmark:
@@ -183,3 +184,39 @@ rule final_table:
         runtime="10m",
     script:
         "../scripts/final_table.py"
+
+
+# Every seed offset (config seeds) of the table's experiments: mean +- std per stage and the
+# gain over the baseline seed by seed. Only on request: `snakemake seeds`.
+rule seed_table:
+    input:
+        cam=[experiment_path(r, "cam_eval/threshold.json") for r in seed_runs(TABLE_EXPERIMENTS)],
+        pseudo_masks=[irn_path(r, "metrics/pseudo_masks.json")
+                      for r in seed_runs(TABLE_EXPERIMENTS)],
+        deeplab=[deeplab_path(r, "metrics.json") for r in seed_runs(SEG_EXPERIMENTS)],
+    output:
+        tsv=summary_path("seeds.tsv"),
+        md=summary_path("seeds.md"),
+        json=summary_path("seeds.json"),
+    params:
+        seeds=SEEDS,
+        cam_experiments=TABLE_EXPERIMENTS,
+        seg_experiments=SEG_EXPERIMENTS,
+        gt_experiment=SEG.gt_experiment,
+        baseline=BASELINE,
+        title=f"{DATASET['name']}: mIoU (%) over seeds",
+    log:
+        f"{LOGS}/seed_table.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime="10m",
+    script:
+        "../scripts/seed_table.py"
+
+
+rule seeds:
+    input:
+        rules.seed_table.output,

@@ -7,7 +7,7 @@ SEG = seg_settings(config.get("seg"), list(EXPERIMENTS), list(ABLATIONS), BASELI
 SEG_EXPERIMENTS = list(SEG.experiments)
 # Rows of the mIoU table: the CAM experiments, and ablations that got a DeepLab too.
 TABLE_EXPERIMENTS = CAM_EXPERIMENTS + [e for e in SEG_EXPERIMENTS if e in ABLATIONS]
-_SEG_RE = "|".join(re.escape(e) for e in SEG_EXPERIMENTS) or "(?!)"
+_SEG_RE = runs_re(SEG_EXPERIMENTS)
 SEG_EVAL_SPLIT = DATASET["splits"]["seg_eval"]
 SEG_TEST_SPLIT = voc_test_split(SEG.predict.test_split, DATASET["source"], DATASET["root"])
 SEG_PREDICT_SPLITS = list(dict.fromkeys(s for s in (SEG_EVAL_SPLIT, SEG_TEST_SPLIT) if s))
@@ -26,7 +26,7 @@ def deeplab_path(experiment, name):
 def deeplab_label_sources(wildcards):
     """The IRN pseudo-mask shard folders of an experiment; nothing for the ground truth (the
     manifest names the GT files)."""
-    if SEG.trains_on_gt(wildcards.experiment):
+    if SEG.trains_on_gt(experiment_of(wildcards.experiment)):
         return []
     return [irn_path(wildcards.experiment, f"pseudo_masks/{s}") for s in SHARDS]
 
@@ -43,9 +43,11 @@ def deeplab_backbone_input(wildcards):
     return [] if w in (None, "imagenet") else weights_input([w])
 
 
-def seg_train_params():
-    """seg.train for params; torch threads change no result (the rule's threads instead)."""
-    return {k: v for k, v in SEG.train.to_dict().items() if k != "threads"}
+def seg_train_params(seed=0):
+    """seg.train for params of a run with seed offset ``seed``, threads resolved (torch's
+    thread count changes the weights)."""
+    return {**SEG.train.to_dict(), "threads": torch_threads(SEG.train.threads),
+            "seed": SEG.train.seed + seed}
 
 
 def seg_predict_params():

@@ -21,8 +21,6 @@ def main() -> None:
     p = snakemake.params
     try:
         settings = ExportSettings.from_dict(p.settings)
-        if settings.threads is None:
-            settings = settings.replace(threads=snakemake.threads)
         summary = export_cams(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.model,
             snakemake.output.cams, splits=p.splits, shard=p.shard, n_shards=p.n_shards,

@@ -21,7 +21,7 @@ def main() -> None:
         summary = run_predict_deeplab(
             snakemake.input.model, snakemake.input.manifest, p.split,
             snakemake.output.predictions, predict=p.settings, device=pick_device(p.device),
-            threads=snakemake.threads,
+            threads=snakemake.threads, torch_threads=p.torch_threads,
         )
         logging.info("predict_deeplab %s/%s: %s", snakemake.wildcards.experiment, p.split,
                      summary)

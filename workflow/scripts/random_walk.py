@@ -30,7 +30,7 @@ def main() -> None:
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
             snakemake.input.model, snakemake.output.masks, splits=p.splits, shard=p.shard,
             n_shards=p.n_shards, settings=settings, device=pick_device(p.device),
-            workers=settings.workers or snakemake.threads,
+            workers=settings.workers or snakemake.threads, torch_threads=p.torch_threads,
         )
         logging.info("random_walk %s: %s", snakemake.wildcards.experiment, summary)
     except Exception:

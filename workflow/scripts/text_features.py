@@ -4,6 +4,7 @@ import logging
 
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
+from qaclims.determinism import configure_torch
 from qaclims.devices import pick_device
 from qaclims.qape.text_features import build_text_features_file
 from qaclims.vlp.clip import load_clip
@@ -12,6 +13,7 @@ logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 p = snakemake.params
 try:
+    configure_torch(p.threads)
     clip = load_clip(p.clip["arch"], p.clip["pretrained"],
                      mask_checkpoint=p.clip["mask_checkpoint"], device=pick_device(p.device))
     counts = build_text_features_file(snakemake.input.corpus, snakemake.output.features,

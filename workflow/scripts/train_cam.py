@@ -26,8 +26,6 @@ def main() -> None:
     try:
         device = pick_device(p.device)
         settings = CamTrainSettings.from_dict(p.settings)
-        if settings.threads is None:  # threads do not enter the resume hash
-            settings = settings.replace(threads=snakemake.threads)
         summary = train_cam(
             snakemake.input.manifest, snakemake.input.classes, snakemake.output.model,
             snakemake.output.curve, settings, split=p.split,

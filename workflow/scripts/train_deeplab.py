@@ -28,7 +28,7 @@ def main() -> None:
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.labels,
             snakemake.output.model, snakemake.output.curve, train=p.settings, split=p.split,
             init=p.init, resume_dir=p.resume_dir, device=pick_device(p.device),
-            world_size=p.world_size, threads=snakemake.threads,
+            world_size=p.world_size,
         )
         logging.info("train_deeplab %s: %s", snakemake.wildcards.experiment, summary)
     except Exception:

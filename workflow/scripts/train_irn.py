@@ -24,8 +24,6 @@ def main() -> None:
     p = snakemake.params
     try:
         settings = IrnTrainSettings.from_dict(p.settings)
-        if settings.threads is None:
-            settings = settings.replace(threads=snakemake.threads)
         summary = train_irn(
             snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
             snakemake.output.model, snakemake.output.curve, settings, split=p.split,

@@ -27,8 +27,6 @@ def main() -> None:
     try:
         device = pick_device(p.device)
         settings = RitcSettings.from_dict(p.settings)
-        if settings.threads is None:  # threads do not enter the resume hash
-            settings = settings.replace(threads=snakemake.threads)
         summary = train_ritc(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.corpus,
             snakemake.input.text_features, snakemake.input.init, p.clip, snakemake.output.model,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qaclims.store import atomic_path, write_json
+from qaclims.store import atomic_path, save_torch, write_json
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,12 @@ class ResumeState:
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Write atomically (the previous state stays valid until the rename)."""
-        import torch
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / PARAMS_FILE).is_file():
             write_json(self._params, self.dir / PARAMS_FILE)
         with atomic_path(self.path) as tmp:
-            torch.save(dict(state), tmp)
+            save_torch(dict(state), tmp)
 
     def clear(self) -> None:
         """Remove this run's state (after its outputs are written): checkpoints are large."""
@@ -105,13 +104,12 @@ def save_model(path: PathLike, state_dict: Mapping[str, Any], *, arch: str, n_cl
                stage: str, meta: Mapping[str, Any] | None = None,
                output_stride: int = 16) -> None:
     """Write a model file atomically (tensors moved to CPU)."""
-    import torch
 
     sd = {k: v.detach().cpu() for k, v in state_dict.items()}
     payload = {"state_dict": sd, "arch": arch, "n_classes": int(n_classes), "stage": stage,
                "meta": dict(meta or {}), "output_stride": int(output_stride)}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_torch(payload, tmp)
 
 
 def infer_arch(state: Mapping[str, Any]) -> str:

@@ -17,8 +17,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from qaclims.cam.cam_store import CamShardWriter
 from qaclims.cam.checkpoint import load_cam_network
 from qaclims.cam.datasets import load_rgb
@@ -45,9 +43,9 @@ def export_cams(manifest: PathLike, classes: PathLike, model: PathLike, out_path
     """Write the CAMs of the images of ``splits`` in ``shard`` to ``out_path``; -> summary."""
     from qaclims.cam.inference import multiscale_cam
     from qaclims.data.manifest import read_classes, read_manifest
+    from qaclims.determinism import configure_torch
 
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    configure_torch(settings.threads)
     n_classes = len(read_classes(classes))
     df = read_manifest(manifest, num_classes=n_classes)
     unknown = sorted({s for s in splits} - {s for row in df["splits"] for s in row})

@@ -144,8 +144,10 @@ def fit(env: DistEnv, model: nn.Module, optimizer: PolyOptimizer, batches: Itera
 
 
 def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        torch.set_num_threads(threads)
+    """Pin torch's threads and pick deterministic kernels (qaclims.determinism)."""
+    from qaclims.determinism import configure_torch
+
+    configure_torch(threads)
 
 
 def input_files(*paths: PathLike | None) -> list[str]:

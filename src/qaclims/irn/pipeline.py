@@ -254,8 +254,8 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
                       model: PathLike, out_dir: PathLike, *, splits: Sequence[str],
                       shard: str | int | None = None, n_shards: int = 1,
                       settings: RandomWalkSettings | None = None, device: str = "cpu",
-                      workers: int | None = None, include_unlabelled: bool = True
-                      ) -> dict[str, Any]:
+                      workers: int | None = None, include_unlabelled: bool = True,
+                      torch_threads: int | None = None) -> dict[str, Any]:
     """Write the pseudo mask ``out_dir/<image_id>.png`` (VOC palette, 0 bg, 1..K) of every
     image of ``splits`` in ``shard``, and (``include_unlabelled``) an all-background one of
     every image of ``{split}_unlabelled`` (COCO's images without classes; the authors' code
@@ -281,9 +281,11 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
     net.to(device).eval()
     t0 = time.perf_counter()
     n = n_bg = 0
-    # CPU: the boundary maps (a ResNet forward, which threads well) run here with the rule's
-    # threads, the walks in the single-thread pool; restored on exit (callers keep theirs)
-    threads = contextlib.nullcontext() if on_gpu else _torch_threads(n_workers)
+    # CPU: the boundary maps (a ResNet forward, which threads well) run here with
+    # ``torch_threads`` (a fixed count, so the pool size changes speed, never the maps; None:
+    # the pool size), the walks in the single-thread pool; restored on exit
+    threads = (contextlib.nullcontext() if on_gpu
+               else _torch_threads(torch_threads or n_workers))
     with threads, _open_store(cams) as store, staged_directory(out_dir) as tmp:
         check_cams(store, rows)
 

@@ -126,10 +126,10 @@ def train_irn(manifest: PathLike, classes: PathLike, label_dirs: Sequence[PathLi
     write the model file (mean shift set) and the loss curve JSON. ``resume_root`` holds the
     resumable state (None disables it). Returns a summary dict."""
     from qaclims.data.manifest import read_classes, read_manifest
+    from qaclims.determinism import configure_torch
     from qaclims.vlp.backbones import resolve_resnet_weights
 
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    configure_torch(settings.threads)
     n_classes = len(read_classes(classes))
     rows = shard_rows(read_manifest(manifest, num_classes=n_classes), [split])
     if len(rows) == 0:

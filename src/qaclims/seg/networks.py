@@ -406,7 +406,7 @@ def _arch_of(mapped: Mapping[str, Tensor], path: Path) -> str:
 def save_deeplab_checkpoint(model: nn.Module, path: str | os.PathLike[str], arch: str,
                             meta: Mapping[str, Any] | None = None) -> None:
     """Write the trained model, with what is needed to rebuild it, atomically to ``path``."""
-    from qaclims.store import atomic_path
+    from qaclims.store import atomic_path, save_torch
 
     msc = unwrap(model)
     payload = {
@@ -421,7 +421,7 @@ def save_deeplab_checkpoint(model: nn.Module, path: str | os.PathLike[str], arch
         "meta": dict(meta or {}),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_torch(payload, tmp)
 
 
 def load_deeplab_checkpoint(path: str | os.PathLike[str],

@@ -122,18 +122,16 @@ def run_train_deeplab(manifest: PathLike, classes: PathLike, label_dir: PathLike
     """Train DeepLab on ``split`` with the labels in ``label_dir`` (``seg.train`` settings
     ``train``, init weights ``init``); write the model and the loss curve. ``world_size`` > 1
     on CUDA runs that many DDP ranks. Returns the training summary (without the curve)."""
-    import torch
 
     from qaclims.cam.distributed import run_ranks
     from qaclims.data.manifest import read_classes
+    from qaclims.determinism import configure_torch
     from qaclims.seg.settings import SegTrainSettings
 
     train_settings = SegTrainSettings.from_dict(train)
     n_classes = len(read_classes(classes)) + 1
     settings = train_settings.deeplab_settings(n_classes, init, device)
-    n_threads = train_settings.threads or threads
-    if n_threads:
-        torch.set_num_threads(int(n_threads))
+    configure_torch(train_settings.threads or threads)
     ranks = int(world_size) if device.startswith("cuda") else 1
     result = run_ranks(_train_rank, ranks, device, settings, str(manifest), split,
                        str(label_dir), str(out_model),
@@ -165,18 +163,17 @@ def checkpoint_input(path: PathLike) -> tuple[tuple[float, float, float], str]:
 
 def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
                         out_dir: PathLike, *, predict: Mapping[str, Any], device: str = "cpu",
-                        threads: int = 1) -> dict[str, Any]:
+                        threads: int = 1, torch_threads: int | None = None) -> dict[str, Any]:
     """Label PNGs of every image of ``split`` with the trained model (``seg.predict``
     settings ``predict``). The CRF runs in ``crf_workers`` processes (None: ``threads``; one
-    thread: in this process)."""
-    import torch
-
+    thread: in this process); the network with ``torch_threads`` (None: ``threads``)."""
+    from qaclims.determinism import configure_torch
     from qaclims.seg.networks import load_deeplab_checkpoint
     from qaclims.seg.predict import predict_split
     from qaclims.seg.settings import SegPredictSettings
 
     s = SegPredictSettings.from_dict(predict)
-    torch.set_num_threads(max(1, int(threads)))
+    configure_torch(max(1, int(torch_threads or threads)))
     model = load_deeplab_checkpoint(model_path, map_location=device)
     if s.scales is not None:
         model.scales = tuple(s.scales)

@@ -231,7 +231,7 @@ def _save_state(resume_dir: Path, *, digest: str, iteration: int, model: torch.n
                 optimizer: torch.optim.Optimizer, curve: Sequence[float],
                 settings: DeepLabSettings) -> None:
     from qaclims.seg.networks import unwrap
-    from qaclims.store import atomic_path, write_json
+    from qaclims.store import atomic_path, save_torch, write_json
 
     payload = {
         "format": STATE_FORMAT, "hash": digest, "iteration": iteration,
@@ -239,7 +239,7 @@ def _save_state(resume_dir: Path, *, digest: str, iteration: int, model: torch.n
         "loss_curve": list(curve), "rng": _rng_state(),
     }
     with atomic_path(resume_dir / STATE_FILE) as tmp:
-        torch.save(payload, tmp)
+        save_torch(payload, tmp)
     write_json({"hash": digest, "iteration": iteration, "settings": settings.to_dict()},
                resume_dir / "state.json")
 

@@ -270,9 +270,8 @@ def save_toy_clip(model: Any, out_dir: PathLike, *, checkpoint_name: str = "ovse
     a ``qaclims`` block naming the tokenizer file and the mask prompt depth. Each file is
     written atomically.
     """
-    import torch
 
-    from qaclims.store import atomic_path, write_json
+    from qaclims.store import atomic_path, save_torch, write_json
     from qaclims.vlp.clip import OPEN_CLIP_CONFIG, TOKENIZER_FILE
 
     if not isinstance(model.tokenizer, WordTokenizer):
@@ -284,7 +283,7 @@ def save_toy_clip(model: Any, out_dir: PathLike, *, checkpoint_name: str = "ovse
     files = ToyClipFiles(out / OPEN_CLIP_CONFIG, out / TOKENIZER_FILE, out / checkpoint_name)
     model.tokenizer.save(files.tokenizer)
     with atomic_path(files.checkpoint) as tmp:
-        torch.save({"model": model.ovseg_state_dict()}, tmp)
+        save_torch({"model": model.ovseg_state_dict()}, tmp)
     write_json({
         "model_cfg": model.model_cfg,
         "preprocess_cfg": {"mean": list(model.mean), "std": list(model.std)},

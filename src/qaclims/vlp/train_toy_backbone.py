@@ -10,7 +10,7 @@ So the stages load it exactly as they load ImageNet weights: ``load_resnet("resn
 
 Images are ImageNet-normalised (what the stages feed), random horizontal flips only. BatchNorm
 trains normally, so its running statistics fit the synthetic images (the stages freeze BN).
-Deterministic like the other toy trainers: ``max_steps`` decides, ``max_minutes`` guards.
+Deterministic like the other toy trainers: ``max_steps`` decides; past ``max_minutes`` it fails.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from qaclims.determinism import check_time_guard, configure_torch
 from qaclims.vlp.toy_quality import (
     HELDOUT_SPLIT,
     TRAIN_SPLIT,
@@ -56,7 +57,7 @@ class ToyBackboneSettings:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.02
     max_steps: int = 300
-    max_minutes: float = 10.0
+    max_minutes: float = 60.0
     log_every: int = 20
     hflip: bool = True
     eval_max_images: int | None = 800
@@ -113,7 +114,7 @@ def fit_toy_backbone(corpus: VlpCorpus, settings: ToyBackboneSettings, *, log: L
     import torchvision
 
     s = settings
-    torch.set_num_threads(max(1, int(s.threads)))
+    configure_torch(max(1, int(s.threads)))
     torch.manual_seed(s.seed)
     np.random.seed(s.seed % 2**32)
     random.seed(s.seed)
@@ -142,9 +143,9 @@ def fit_toy_backbone(corpus: VlpCorpus, settings: ToyBackboneSettings, *, log: L
     stopped_by = "steps"
     steps_done = 0
     for step in range(s.max_steps):
-        if (time.perf_counter() - t_start) / 60.0 > s.max_minutes:
-            stopped_by = "time"
-            break
+        check_time_guard((time.perf_counter() - t_start) / 60.0, s.max_minutes,
+                         what="toy backbone training", step=step, max_steps=s.max_steps,
+                         key="models.toy.backbone.max_minutes")
         if cursor + s.batch_size > len(perm):
             perm = train_t[torch.randperm(len(train_t), generator=gen)]
             cursor = 0
@@ -225,14 +226,13 @@ def _n_objects(corpus: VlpCorpus) -> int:
 
 def save_backbone_state(model: Any, path: PathLike) -> dict[str, Any]:
     """The torchvision state dict without ``fc.*``, saved atomically with ``torch.save``."""
-    import torch
 
-    from qaclims.store import atomic_path
+    from qaclims.store import atomic_path, save_torch
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
              if not k.startswith("fc.")}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        save_torch(state, tmp)
     return state
 
 

@@ -34,7 +34,7 @@ is a positive for "a photo of boat." and "a photo of sailboat."). Every object c
 text joins every batch, so each region also meets every class text as a negative: a class-level
 softmax, which is how the model is used (argmax over class texts).
 
-Determinism: ``max_steps`` decides, ``max_minutes`` only guards (metrics say ``stopped_by``).
+Determinism: ``max_steps`` decides; past ``max_minutes`` the training fails (qaclims.determinism).
 The model is saved with :func:`~qaclims.vlp.toy_models.save_toy_clip` (open_clip config +
 tokenizer + OVSeg-style checkpoint) and evaluated after loading it back with
 :func:`~qaclims.vlp.clip.load_clip` (:func:`qaclims.vlp.toy_quality.evaluate_clip`).
@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from qaclims.determinism import check_time_guard, configure_torch
 from qaclims.vlp.toy_quality import (
     TEXT_PROMPT,
     TRAIN_SPLIT,
@@ -133,7 +134,7 @@ class ToyClipSettings:
     min_lr_ratio: float = 0.02
     grad_clip: float = 1.0
     max_steps: int = 1000
-    max_minutes: float = 15.0
+    max_minutes: float = 60.0
     log_every: int = 50
     # Evaluation (held-out split).
     eval_split: str = "heldout"
@@ -524,7 +525,7 @@ def _set_determinism(seed: int, threads: int) -> None:
 
     import torch
 
-    torch.set_num_threads(max(1, int(threads)))
+    configure_torch(max(1, int(threads)))
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -578,9 +579,9 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
     stopped_by = "steps"
     steps_done = 0
     for step in range(s.max_steps):
-        if (time.perf_counter() - t_start) / 60.0 > s.max_minutes:
-            stopped_by = "time"
-            break
+        check_time_guard((time.perf_counter() - t_start) / 60.0, s.max_minutes,
+                         what="toy CLIP training", step=step, max_steps=s.max_steps,
+                         key="models.toy.clip.max_minutes")
         lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
                    schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
         for g in opt.param_groups:

@@ -20,9 +20,9 @@ none of which changes the saved model's architecture, make it look where things 
   (``group_repeats``).
 
 Determinism: the step count decides (``max_steps``; the learning-rate schedule is laid out over
-it); ``max_minutes`` only guards against a machine far slower than expected and, when it ends
-training early, the metrics say so (``stopped_by: "time"``). Same seed, same thread count, same
-corpus -> same weights.
+it); ``max_minutes`` only guards against a machine far slower than expected: past it the training
+fails instead of saving weights from fewer steps (qaclims.determinism). Same seed, same thread
+count, same corpus -> same weights.
 
 The model is saved with ``save_pretrained`` (model + processor) and evaluated *after loading it
 back* through :func:`qaclims.vlp.blip.load_blip_vqa` (:func:`qaclims.vlp.toy_quality.evaluate_vqa`).
@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from qaclims.determinism import check_time_guard, configure_torch
 from qaclims.vlp.toy_quality import (
     TRAIN_SPLIT,
     LogFn,
@@ -102,7 +103,7 @@ class ToyVqaSettings:
     min_lr_ratio: float = 0.02
     grad_clip: float = 1.0
     max_steps: int = 1500
-    max_minutes: float = 15.0
+    max_minutes: float = 60.0
     log_every: int = 25
     # Evaluation (held-out split, authors' decoding).
     eval_split: str = "heldout"
@@ -384,7 +385,7 @@ def _set_determinism(seed: int, threads: int) -> None:
 
     import torch
 
-    torch.set_num_threads(max(1, int(threads)))
+    configure_torch(max(1, int(threads)))
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -486,9 +487,9 @@ def fit_toy_vqa(
     step = 0
     loss_first = None
     for step in range(s.max_steps):
-        if (time.perf_counter() - t_start) / 60.0 > s.max_minutes:
-            stopped_by = "time"
-            break
+        check_time_guard((time.perf_counter() - t_start) / 60.0, s.max_minutes,
+                         what="toy VQA training", step=step, max_steps=s.max_steps,
+                         key="models.toy.vqa.max_minutes")
         idx, slots = sampler.next(s.batch_size)
         lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
                    schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
@@ -547,7 +548,7 @@ def fit_toy_vqa(
             seen_since = 0
     else:
         step = s.max_steps
-    steps_done = step if stopped_by == "time" else s.max_steps
+    steps_done = s.max_steps
     train_seconds = time.perf_counter() - t_start
     model.eval()
     k = max(1, min(s.log_every, len(losses)))

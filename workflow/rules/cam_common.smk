@@ -59,9 +59,21 @@ def experiment_texts(wildcards):
     return {"corpus": qape_path("corpus.parquet"), "text_features": qape_path("text_features.h5")}
 
 
+def baseline_imported():
+    """True when cam.baseline_checkpoint names a checkpoint to start from (no train_cam)."""
+    return bool(CAM["baseline_checkpoint"])
+
+
+def baseline_model_path():
+    """The baseline CAM network: trained by train_cam, or imported from cam.baseline_checkpoint."""
+    if baseline_imported():
+        return experiment_path(BASELINE, "cam/imported_model.pth")
+    return experiment_path(BASELINE, "cam/model.pth")
+
+
 def cam_model(wildcards):
     if wildcards.experiment == BASELINE:
-        return experiment_path(BASELINE, "cam/model.pth")
+        return baseline_model_path()
     return experiment_path(wildcards.experiment, "ritc/model.pth")
 
 

@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 # waiting changes no result, only speed.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test test-slurm lint venv clean-results
+.PHONY: demo test test-slurm lint venv clean-results clean-cache
 
 venv: $(STAMP)
 
@@ -41,5 +41,12 @@ test-slurm: $(STAMP)
 	bash tests/slurm/install.sh
 	QACLIMS_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
+# Keeps what is slow to rebuild and independent of the results: the VQA answer cache (keyed by
+# model, settings and image bytes, so it is never served stale) and the trained toy models.
 clean-results:
 	rm -rf results/synthetic .snakemake
+	@echo "removed results/synthetic and .snakemake; kept the VQA answer cache (resources/cache/vqa;" \
+	  "make clean-cache removes it) and the toy models (resources/weights/toy; rm -rf to retrain)"
+
+clean-cache:
+	rm -rf resources/cache/vqa

@@ -1,6 +1,8 @@
 """Answer cache: hits and misses, persistence, concurrent writers, damaged files never trusted."""
 
 import multiprocessing as mp
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from qaclims.qape.answer_cache import (
     AnswerCache,
     AnswerCacheWarning,
     compact,
+    entry_digest,
     image_digest,
     model_dir_name,
     model_fingerprint,
@@ -107,14 +110,61 @@ def test_damaged_file_is_ignored_with_a_warning(tmp_path: Path) -> None:
     assert len(fresh.stats()["ignored_files"]) == 2
 
 
+def _row(model=MODEL, image="img", question="q?", answer="wrong", written_ns=1, sha=None):
+    digest = entry_digest(model, image, SHA, question, answer, written_ns)
+    return {"model_id": [model], "image_id": [image], "image_sha": [SHA], "question": [question],
+            "answer": [answer], "written_ns": [written_ns], "entry_sha": [sha or digest]}
+
+
 def test_rows_of_another_model_are_ignored(tmp_path: Path) -> None:
     c = AnswerCache(tmp_path, MODEL)
     c.dir.mkdir(parents=True)
-    pd.DataFrame({"model_id": ["other"], "image_id": ["img"], "image_sha": [SHA],
-                  "question": ["q?"], "answer": ["wrong"]}).to_parquet(c.dir / "0.parquet")
+    pd.DataFrame(_row(model="other")).to_parquet(c.dir / "0.parquet")
     with pytest.warns(AnswerCacheWarning, match="another model id"):
         c.load()
     assert c.peek("img", SHA, "q?") is None
+
+
+def test_a_file_planted_under_an_early_name_does_not_win(tmp_path: Path) -> None:
+    """Precedence comes from each row's verified write time, not from file names; a row whose
+    digest does not match its content (edited, or made up) is never served."""
+    real = AnswerCache(tmp_path, MODEL)
+    real.put("img", SHA, "q?", "real")
+    real.flush()
+    first = "00000000000000000000-planted.parquet"
+    # 1. a planted row that claims an early time without a matching digest: file ignored
+    pd.DataFrame(_row(answer="planted", written_ns=1, sha="0" * 32)).to_parquet(real.dir / first)
+    fresh = AnswerCache(tmp_path, MODEL)
+    with pytest.warns(AnswerCacheWarning, match="does not match its entry_sha"):
+        fresh.load()
+    assert fresh.peek("img", SHA, "q?") == "real"
+    assert fresh.stats()["ignored_files"] == [str(real.dir / first)]
+    # 2. a consistent row written later, under a name that sorts first: the older answer wins
+    later = real._written[("img", SHA, "q?")] + 1
+    pd.DataFrame(_row(answer="planted", written_ns=later)).to_parquet(real.dir / first)
+    again = AnswerCache(tmp_path, MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.load()
+    assert again.peek("img", SHA, "q?") == "real"
+    # 3. an answer edited in place (its digest no longer matches): that file is ignored
+    path = real.files_written[0]
+    table = pd.read_parquet(path)
+    table.loc[0, "answer"] = "edited"
+    table.to_parquet(path)
+    edited = AnswerCache(tmp_path, MODEL)
+    with pytest.warns(AnswerCacheWarning, match=path.name):
+        edited.load()
+    assert edited.peek("img", SHA, "q?") == "planted"  # the only consistent row left
+
+
+def test_old_format_files_are_not_read(tmp_path: Path) -> None:
+    c = AnswerCache(tmp_path, MODEL)
+    c.dir.mkdir(parents=True)
+    row = {k: v for k, v in _row(answer="old").items() if k not in ("written_ns", "entry_sha")}
+    pd.DataFrame(row).to_parquet(c.dir / "00000000000000000000-old.parquet")
+    with pytest.warns(AnswerCacheWarning, match="missing column"):
+        assert c.load() == 0
 
 
 def test_temp_files_of_running_writers_are_not_read(tmp_path: Path) -> None:
@@ -137,3 +187,22 @@ def test_ids() -> None:
     assert image_digest(b"a") != image_digest(b"b") and len(image_digest(b"a")) == 32
     with pytest.raises(ValueError):
         AnswerCache("x", "")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_clean_results_keeps_the_cache_and_toy_models_and_says_so(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "Makefile", tmp_path / "Makefile")
+    for d in ("results/synthetic/data", ".snakemake", "resources/cache/vqa/m",
+              "resources/weights/toy/demo"):
+        (tmp_path / d).mkdir(parents=True)
+    out = subprocess.run(["make", "clean-results"], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert not (tmp_path / "results/synthetic").exists() and not (tmp_path / ".snakemake").exists()
+    assert (tmp_path / "resources/cache/vqa/m").is_dir()
+    assert (tmp_path / "resources/weights/toy/demo").is_dir()
+    assert "kept the VQA answer cache (resources/cache/vqa" in out and "toy models" in out
+    subprocess.run(["make", "clean-cache"], cwd=tmp_path, check=True, capture_output=True,
+                   timeout=60)
+    assert not (tmp_path / "resources/cache/vqa").exists()
+    assert (tmp_path / "resources/weights/toy/demo").is_dir()

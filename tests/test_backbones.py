@@ -85,3 +85,25 @@ def test_random_init_is_logged(caplog):
     assert isinstance(model, torchvision.models.ResNet) and "random initialisation" in caplog.text
     with pytest.raises(ValueError, match="unknown ResNet arch"):
         load_resnet("resnet152", None)  # type: ignore[arg-type]
+
+
+def test_legacy_torchvision_file_without_num_batches_tracked(resnet18_file, tmp_path, caplog):
+    """torchvision's legacy files (resnet50-19c8e357.pth, what the real configs name) were saved
+    before BatchNorm had num_batches_tracked: they load, with every real tensor filled."""
+    ref, path = resnet18_file
+    full = torch.load(path)
+    legacy = {k: v for k, v in full.items() if not k.endswith("num_batches_tracked")}
+    assert len(legacy) < len(full) and "fc.weight" in legacy
+    p = tmp_path / "resnet18-5c106cde.pth"
+    torch.save(legacy, p)
+    with caplog.at_level(logging.INFO, logger="qaclims.vlp.backbones"):
+        model = load_resnet("resnet18", p).eval()
+    assert "num_batches_tracked" in caplog.text
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    # Only that buffer is optional: a file missing a real BN tensor still fails, naming it.
+    del legacy["layer1.0.bn1.running_mean"]
+    torch.save(legacy, p)
+    with pytest.raises(ValueError, match=r"missing keys \(1\): layer1\.0\.bn1\.running_mean"):
+        load_resnet("resnet18", p)

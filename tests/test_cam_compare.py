@@ -9,7 +9,7 @@ from qaclims.cam.compare import compare_experiments, describe_overrides, write_c
 
 
 def _threshold(path: Path, best: float, thr: float, fixed: float) -> Path:
-    path.write_text(json.dumps({"best_miou": best, "best_threshold": thr,
+    path.write_text(json.dumps({"best_miou": best, "best_threshold": thr, "fixed_threshold": 0.15,
                                 "miou_at_fixed": fixed, "thresholds": [thr], "miou": [best]}))
     return path
 
@@ -28,10 +28,16 @@ def test_rows_deltas_and_paper_numbers(tmp_path: Path) -> None:
 
     write_comparison(table, tmp_path / "t.tsv", tmp_path / "t.md", tmp_path / "t.json", "T")
     tsv = (tmp_path / "t.tsv").read_text().splitlines()
-    assert tsv[0].split("\t")[0] == "experiment" and len(tsv) == 4
-    assert tsv[1].split("\t")[5] == ""  # no delta for the baseline itself
+    assert tsv[0].split("\t") == ["experiment", "overrides", "fixed_threshold", "miou_at_fixed",
+                                  "paper_miou", "best_miou", "best_threshold",
+                                  "delta_vs_baseline"]
+    assert len(tsv) == 4 and tsv[1].split("\t")[7] == ""  # no delta for the baseline itself
     md = (tmp_path / "t.md").read_text()
-    assert "| qa_clims | full method (cam.ritc) | 51.2 | 0.41 | 30.0 | +6.3 | - |" in md
+    # the paper's number sits beside ours in its protocol (threshold 0.15); the sweep apart
+    assert ("| experiment | changes | mIoU @ thr. 0.15 (paper protocol) | paper | best mIoU "
+            "(full sweep) | best thr. | vs baseline (best) |") in md
+    assert "| fat_off | ritc.fat=False | 20.0 | 66.9 | 48.0 | 0.50 | +3.1 |" in md
+    assert "| qa_clims | full method (cam.ritc) | 30.0 | - | 51.2 | 0.41 | +6.3 |" in md
     assert json.loads((tmp_path / "t.json").read_text())[2]["paper_miou"] == 66.9
 
 

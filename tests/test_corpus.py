@@ -178,3 +178,33 @@ def test_empty_answers_are_kept_as_the_authors_do() -> None:
     assert pair(corpus, "im", 1, "fg")[:2] == [" cat", "tabby cat"]
     assert pair(corpus, "im", 1, "bg") == ["", "sofa"]
     assert stats["empty_answers"] == 3
+
+
+def test_coco_config_carries_the_authors_synonyms() -> None:
+    """coco14.yaml's qape.corpus.synonyms: "table" is an answer about a dining table as it is,
+    like the authors' supply_cat (the COCO reader gives every class only its own name)."""
+    from qaclims.config import load_yaml
+
+    synonyms = load_yaml(ROOT / "config" / "coco14.yaml")["qape"]["corpus"]["synonyms"]
+    assert synonyms == {"dining table": ["table", "dining table"],
+                        "potted plant": ["plant", "potted plant"]}
+    coco = {"classes": [
+        {"id": 1, "name": "dining table", "text": "dining table", "synonyms": ["dining table"]},
+        {"id": 2, "name": "potted plant", "text": "potted plant", "synonyms": ["potted plant"]},
+    ]}
+    spec = {1: ["table", "wooden table", "desk", "table", "dining table", "table"],
+            2: ["plant", "fern", "plant", "house plant", "plant", "potted plant"]}
+    rows = [{"image_id": "img", "class_id": cid, "template_id": t.id, "group": t.group,
+             "role": t.role, "question": t.question(coco["classes"][cid - 1]["text"]),
+             "answer_raw": a, "answer": a, "model_id": "m"}
+            for cid, fg in spec.items()
+            for t, a in zip(QS.templates, fg + ["floor", "wall"] * 5, strict=True)]
+    answers = pd.DataFrame(rows)
+    with_syn, _ = build_corpus(answers, coco, synonyms=synonyms)
+    without, _ = build_corpus(answers, coco)
+    assert pair(with_syn, "img", 1, "fg") == ["table", "wooden table", "desk dining table",
+                                              "table", "dining table", "table"]
+    assert pair(with_syn, "img", 2, "fg") == ["plant", "fern potted plant", "plant",
+                                              "house plant", "plant", "potted plant"]
+    assert pair(without, "img", 1, "fg")[0] == "table dining table"
+    assert pair(without, "img", 2, "fg")[0] == "plant potted plant"

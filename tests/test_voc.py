@@ -100,14 +100,53 @@ def test_train_aug_txt_wins(tmp_path):
     assert "2008_000005" not in df.index  # in no list any more
 
 
-def test_no_aug_folder_train_aug_is_train(tmp_path):
+def _no_aug_tree(root: Path):
     images = [VocImage("a1", ["cat"], seg=True), VocImage("a2", ["dog"]), VocImage("b1", ["cow"])]
-    tree = make_voc_tree(tmp_path / "VOC2012", images, {"train": ["a1", "a2"], "val": ["b1"]})
-    stats, df = run(tree, tmp_path / "out")
+    return make_voc_tree(root, images, {"train": ["a1", "a2"], "val": ["b1"]})
+
+
+def test_no_aug_folder_and_no_list_is_an_error_naming_what_is_missing(tmp_path):
+    """Without SegmentationClassAug and train_aug.txt, VOC's train_aug would silently be the
+    1,464 train images: stop before anything is written, saying what to get."""
+    tree = _no_aug_tree(tmp_path / "VOC2012")
+    with pytest.raises(DatasetError) as ei:
+        run(tree, tmp_path / "out")
+    msg = str(ei.value)
+    assert "train_aug" in msg and "SegmentationClassAug" in msg
+    assert str(tree.root / "ImageSets/Segmentation/train_aug.txt") in msg
+    assert "dataset.train_aug_fallback: train" in msg and "10,582" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_aug_folder_train_aug_is_train_only_when_opted_in(tmp_path, caplog):
+    tree = _no_aug_tree(tmp_path / "VOC2012")
+    with caplog.at_level("INFO", logger="qaclims.data"):
+        stats, df = run(tree, tmp_path / "out", train_aug_fallback="train")
     assert df.loc["a1", "splits"] == ["train", "train_aug"]
     assert df.loc["a2", "splits"] == ["train", "train_aug"]
     assert not df.loc["a2", "has_gt"] and df.loc["a1", "has_gt"]
     assert set(stats["splits"]) == {"train", "train_aug", "val"}
+    assert "train_aug = train" in caplog.text
+    # every split's size is in the log
+    for split, n in (("train", 2), ("train_aug", 2), ("val", 1)):
+        assert f"split {split}: {n} images" in caplog.text
+
+
+def test_no_aug_folder_is_fine_when_train_aug_is_not_used(tmp_path):
+    tree = _no_aug_tree(tmp_path / "VOC2012")
+    stats, df = run(tree, tmp_path / "out", required_splits=["train", "val"])
+    assert set(stats["splits"]) == {"train", "val"}
+    assert df.loc["a1", "splits"] == ["train"]
+
+
+def test_train_aug_list_in_deeplab_format(tmp_path):
+    """DeepLab's train_aug.txt: '/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png' lines."""
+    tree = _no_aug_tree(tmp_path / "VOC2012")
+    (tree.root / "ImageSets/Segmentation/train_aug.txt").write_text(
+        "/JPEGImages/a2.jpg /SegmentationClassAug/a2.png\n\n"
+        "/JPEGImages/a1.jpg /SegmentationClassAug/a1.png\n")
+    _, df = run(tree, tmp_path / "out")
+    assert sorted(i for i, s in df["splits"].items() if "train_aug" in s) == ["a1", "a2"]
 
 
 def test_synthetic_classes_json_overrides(tmp_path):
@@ -128,7 +167,7 @@ def test_synthetic_classes_json_overrides(tmp_path):
     assert stats["classes"] == ["circle", "square"] and stats["source"] == "synthetic"
     # voc12 ignores a classes.json at the root: 'square' is then an unknown class
     with pytest.raises(DatasetError, match="square"):
-        run(tree, tmp_path / "out2")
+        run(tree, tmp_path / "out2", train_aug_fallback="train")
 
 
 # -- structural errors: always raise, whatever on_bad_image says -------------------------------
@@ -293,7 +332,7 @@ def test_png_images_and_extra_list_columns(tmp_path):
     tree.image("p1").unlink()
     Image.new("RGB", (7, 5)).save(tree.root / "JPEGImages/p1.png")
     (tree.root / "ImageSets/Segmentation/train.txt").write_text("p1  1\n\n")
-    _, df = run(tree, tmp_path / "out")
+    _, df = run(tree, tmp_path / "out", train_aug_fallback="train")
     assert df.loc["p1", "image_path"].endswith("p1.png")
     assert (df.loc["p1", "height"], df.loc["p1", "width"]) == (5, 7)
 
@@ -302,7 +341,7 @@ def test_unlabelled_train_image_moves_to_unlabelled_split(tmp_path):
     images = [VocImage("u1", []), VocImage("u2", ["dog"]), VocImage("v1", ["cat"])]
     tree = make_voc_tree(tmp_path / "VOC2012", images, {"train": ["u1", "u2"], "val": ["v1"]})
     write_jpeg(tree.image("u1"), 24, 32)
-    stats, df = run(tree, tmp_path / "out")
+    stats, df = run(tree, tmp_path / "out", train_aug_fallback="train")
     assert df.loc["u1", "splits"] == ["train_aug_unlabelled", "train_unlabelled"]
     assert stats["splits"]["train_unlabelled"]["n_unlabelled"] == 1
     assert stats["splits"]["train"]["n_images"] == 1

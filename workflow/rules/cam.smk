@@ -44,12 +44,32 @@ rule train_cam:
         "../scripts/train_cam.py"
 
 
+# cam.baseline_checkpoint: start from a given baseline (the authors' released res50_cam.pth)
+# instead of training one; train_cam is then not needed by any target.
+rule import_baseline_cam:
+    input:
+        checkpoint=CAM["baseline_checkpoint"] or [],
+        classes=data_path("classes.json"),
+    output:
+        model=experiment_path(BASELINE, "cam/imported_model.pth"),
+    log:
+        f"{LOGS}/import_baseline_cam.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime="15m",
+    script:
+        "../scripts/import_baseline_cam.py"
+
+
 rule train_ritc:
     input:
         unpack(experiment_texts),
         manifest=data_path("manifest.parquet"),
         classes=data_path("classes.json"),
-        init=lambda wc: experiment_path(baseline_of(wc.experiment), "cam/model.pth"),
+        init=lambda wc: baseline_model_path(wc.experiment),
         clip=clip_model_input,
     output:
         model=experiment_path("{experiment}", "ritc/model.pth"),

@@ -109,9 +109,22 @@ def experiment_texts(wildcards):
     return {"corpus": qape_path("corpus.parquet"), "text_features": qape_path("text_features.h5")}
 
 
+def baseline_imported():
+    """True when cam.baseline_checkpoint names a checkpoint to start from (no train_cam)."""
+    return bool(CAM["baseline_checkpoint"])
+
+
+def baseline_model_path(run=BASELINE):
+    """The baseline CAM network of a run's seed: trained by train_cam, or imported from
+    cam.baseline_checkpoint (then one file for every seed)."""
+    if baseline_imported():
+        return experiment_path(BASELINE, "cam/imported_model.pth")
+    return experiment_path(baseline_of(run), "cam/model.pth")
+
+
 def cam_model(wildcards):
     if experiment_of(wildcards.experiment) == BASELINE:
-        return experiment_path(wildcards.experiment, "cam/model.pth")
+        return baseline_model_path(wildcards.experiment)
     return experiment_path(wildcards.experiment, "ritc/model.pth")
 
 

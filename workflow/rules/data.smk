@@ -36,6 +36,8 @@ rule prepare_dataset:
         on_bad_image=DATASET["on_bad_image"],
         check_images=DATASET["check_images"],
         gt_dir=DATASET["gt_dir"] or f"resources/data/{DATASET['name']}_masks",
+        train_aug_fallback=DATASET["train_aug_fallback"],
+        required_splits=sorted({*DATASET["splits"].values(), *qape_splits()}),
     log:
         f"{LOGS}/prepare_dataset.log",
     conda:

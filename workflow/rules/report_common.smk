@@ -32,7 +32,8 @@ def stage_metric_files(wildcards=None):
 def loss_curve_files(wildcards=None):
     files = []
     if stage_included("cam_targets"):
-        files.append(experiment_path(BASELINE, "cam/loss_curve.tsv"))
+        if not baseline_imported():  # an imported baseline has no training curve
+            files.append(experiment_path(BASELINE, "cam/loss_curve.tsv"))
         files += [experiment_path(e, "ritc/loss_curve.tsv") for e in EXPERIMENTS]
     if stage_included("irn_targets"):
         files += [irn_path(e, "loss_curve.json") for e in CAM_EXPERIMENTS]

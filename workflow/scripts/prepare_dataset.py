@@ -1,6 +1,7 @@
 """Rule prepare_dataset: snakemake object -> qaclims.data.prepare.prepare_dataset.
 
-params: source, root, on_bad_image, check_images, gt_dir (COCO mask cache; ignored otherwise).
+params: source, root, on_bad_image, check_images, gt_dir (COCO mask cache; ignored otherwise),
+train_aug_fallback and required_splits (VOC train_aug; see qaclims.data.voc).
 output: manifest, classes, stats, cooccurrence - all in one directory (that of output.manifest).
 threads: used for the image checks and COCO mask rendering.
 """
@@ -35,6 +36,8 @@ try:
         gt_dir=Path(snakemake.params.gt_dir) if snakemake.params.gt_dir else None,
         check_images=bool(snakemake.params.check_images),
         workers=snakemake.threads,
+        train_aug_fallback=snakemake.params.train_aug_fallback,
+        required_splits=snakemake.params.required_splits,
     )
 except Exception:
     logging.getLogger("prepare_dataset").exception("prepare_dataset failed")

@@ -185,6 +185,37 @@ def load_cam_network(path: PathLike, kind: str = "ritc", n_classes: int | None =
     return net, info
 
 
+def import_cam_model(src: PathLike, dst: PathLike, n_classes: int) -> dict[str, Any]:
+    """A given baseline CAM checkpoint -> this project's model file at ``dst``, instead of
+    training one (``cam.baseline_checkpoint``): the authors' released ``res50_cam.pth`` (a plain
+    state dict of their ``Net``) or a model file of this project.
+
+    Checked before anything is written: it must load strictly into the CAM network its keys
+    describe, with ``n_classes`` classes (the dataset's). Returns the model info; the source
+    path and SHA-256 go into the file's ``meta``.
+    """
+    from qaclims.vlp.weights import file_sha256
+
+    src = Path(src)
+    sd, info = load_model_state(src)
+    if info["n_classes"] != n_classes:
+        raise ValueError(f"cam.baseline_checkpoint {src}: its classifier has {info['n_classes']} "
+                         f"classes, the dataset {n_classes} (a COCO checkpoint for VOC?)")
+    net = build_cam_network("cam", info["arch"], n_classes, info["output_stride"])
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"cam.baseline_checkpoint {src}: does not fit a {info['arch']} CAM "
+                         f"network: {err}") from err
+    meta = {**info["meta"], "imported_from": str(src), "imported_sha256": file_sha256(src),
+            "imported_stage": info["stage"]}
+    save_model(dst, net.state_dict(), arch=info["arch"], n_classes=n_classes, stage="imported",
+               meta=meta, output_stride=info["output_stride"])
+    log.info("baseline CAM network: imported %s (%s, %d classes, stride %d) -> %s", src,
+             info["arch"], n_classes, info["output_stride"], dst)
+    return {**info, "meta": meta}
+
+
 # ---------------------------------------------------------------------------- loss curves
 
 

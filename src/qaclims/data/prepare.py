@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,11 +53,15 @@ class BadImageWarning(UserWarning):
     """An image was left out of the manifest (on_bad_image='skip')."""
 
 
-def scan_dataset(source: Source, root: Path, gt_dir: Path | None, out_dir: Path) -> DatasetScan:
+def scan_dataset(source: Source, root: Path, gt_dir: Path | None, out_dir: Path, *,
+                 train_aug_fallback: Literal["error", "train"] = "error",
+                 required_splits: Collection[str] | None = None) -> DatasetScan:
     if source in ("voc12", "synthetic"):
         from qaclims.data.voc import scan_voc
 
-        return scan_voc(root, source=source)
+        need = required_splits is None or "train_aug" in required_splits
+        return scan_voc(root, source=source, train_aug_fallback=train_aug_fallback,
+                        need_train_aug=need)
     if source == "coco14":
         from qaclims.data.coco import scan_coco
 
@@ -74,13 +79,18 @@ def prepare_dataset(
     gt_dir: str | os.PathLike[str] | None = None,
     check_images: bool = True,
     workers: int | None = None,
+    train_aug_fallback: Literal["error", "train"] = "error",
+    required_splits: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Read, check and write the dataset contract into ``out_dir``; returns the stats dict.
 
     ``check_images=False`` reads image sizes from the file headers instead of decoding every
     image (fast, but a truncated JPEG goes unnoticed). ``workers``: threads for the checks and
     for COCO mask rendering (default: the usable CPUs, at most 16). ``gt_dir``: COCO only, where
-    masks are rendered (default ``out_dir/gt``).
+    masks are rendered (default ``out_dir/gt``). ``required_splits``: the splits the run uses
+    (None - all, train_aug included); VOC's train_aug must exist when it is one of them, unless
+    ``train_aug_fallback="train"`` (:func:`qaclims.data.voc.scan_voc`). The image count of every
+    split is logged.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
@@ -88,7 +98,8 @@ def prepare_dataset(
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    scan = scan_dataset(source, Path(root), Path(gt_dir) if gt_dir is not None else None, out_dir)
+    scan = scan_dataset(source, Path(root), Path(gt_dir) if gt_dir is not None else None, out_dir,
+                        train_aug_fallback=train_aug_fallback, required_splits=required_splits)
     log.info("%s: %d images listed in %s (%.1f s)", source, len(scan.candidates), scan.root,
              time.perf_counter() - t0)
 
@@ -105,6 +116,7 @@ def prepare_dataset(
                       stacklevel=2)
 
     records = [_record(cand, info) for cand, info in kept]
+    _log_split_counts(records)
     table = records_to_table(records)
     validate_manifest(table, len(scan.classes), where=f"manifest of {scan.root}")
     stats = compute_stats(records, scan.classes, problems, source=source)
@@ -184,6 +196,16 @@ def _record(cand: Candidate, info: ImageInfo) -> ManifestRecord:
         has_gt=cand.gt_path is not None,
         gt_path=str(cand.gt_path) if cand.gt_path is not None else None,
     )
+
+
+def _log_split_counts(records: list[ManifestRecord]) -> None:
+    """One line per split: a wrong split size (e.g. VOC train_aug of 1,464) shows in the log."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for split in r.splits:
+            counts[split] = counts.get(split, 0) + 1
+    for split in sorted(counts):
+        log.info("split %s: %d images", split, counts[split])
 
 
 def _summary(problems: list[tuple[Problem, list[str]]], root: Path, limit: int = 20) -> str:

@@ -10,9 +10,16 @@ Layout (../shared/method.md 1.1), ``root`` = the ``VOC2012`` directory::
 
 - Labels are the ``<name>`` of every ``<object>`` in the XML, difficult and truncated ones
   included (as the authors' ``make_cls_labels.py``); object parts' names are not classes.
-- Splits are the lists in ``ImageSets/Segmentation`` that exist. ``train_aug`` is that folder's
-  ``train_aug.txt`` when present, else derived: (ids in SegmentationClassAug ∪ train) − val
-  (10,582 images on the standard tree); without SegmentationClassAug it equals train.
+- Splits are the lists in ``ImageSets/Segmentation`` that exist. A list holds one image per line:
+  a plain id (``2007_000032``, the authors' ``voc12/*.txt``) or the DeepLab format
+  (``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``); the id is the file stem.
+- ``train_aug`` is that folder's ``train_aug.txt`` when present, else derived: (ids in
+  SegmentationClassAug ∪ train) − val (10,582 images on the standard tree). With neither, VOC
+  has no train_aug: when a stage needs it (``need_train_aug``) the scan stops with a
+  :class:`DatasetError` that says what is missing and where to get it, because silently training
+  on the 1,464 ``train`` images instead of 10,582 changes every number downstream.
+  ``train_aug_fallback="train"`` is the explicit opt-in to ``train_aug = train``. The synthetic
+  source has no SBD: its ``train_aug`` is its ``train`` by design.
 - Ground truth is ``SegmentationClass/{id}.png``, else ``SegmentationClassAug/{id}.png``.
 - Test images without an XML (or whose XML has no objects) get empty labels; a train/val image
   without an XML is a bad image (``missing_annotation``).
@@ -22,9 +29,11 @@ Layout (../shared/method.md 1.1), ``root`` = the ``VOC2012`` directory::
 
 from __future__ import annotations
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Literal
 
 from qaclims.data.manifest import (
     Candidate,
@@ -37,6 +46,13 @@ from qaclims.data.manifest import (
 from qaclims.store import read_json
 
 __all__ = ["VOC_CLASSES", "read_split_list", "scan_voc", "voc_classes"]
+
+log = logging.getLogger(__name__)
+
+TrainAugFallback = Literal["error", "train"]
+#: Where SegmentationClassAug is usually fetched from (SBD labels converted to VOC PNGs; the
+#: archive that DeepLab, IRN and CLIMS users unzip next to SegmentationClass).
+SEGMENTATION_CLASS_AUG_URL = "https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip"
 
 # (name in the XML, natural-language text) in CAT_LIST order; synonyms per method.md 3.1.
 _VOC = [
@@ -70,12 +86,19 @@ def _require_dir(path: Path, what: str) -> None:
 
 
 def read_split_list(path: Path) -> list[str]:
-    """Image ids of a VOC split list (first token per line, blank lines ignored)."""
+    """Image ids of a VOC split list: the first token per line, blank lines ignored; a token that
+    is a path (``/JPEGImages/2007_000032.jpg``, DeepLab's list format) gives its file stem."""
     ids = []
     for line in path.read_text().splitlines():
         tokens = line.split()
-        if tokens:
-            ids.append(tokens[0])
+        if not tokens:
+            continue
+        token = tokens[0]
+        if "/" in token or token.endswith(IMAGE_EXTS):
+            token = os.path.splitext(token.rsplit("/", 1)[-1])[0]
+            if not token:
+                raise DatasetError(f"{path}: line {line!r} names no image file")
+        ids.append(token)
     return ids
 
 
@@ -107,11 +130,19 @@ def _xml_labels(path: Path, index: dict[str, int]) -> tuple[list[int], list[str]
     return sorted(ids), unknown
 
 
-def scan_voc(root: str | os.PathLike[str], source: str = "voc12") -> DatasetScan:
+def scan_voc(root: str | os.PathLike[str], source: str = "voc12", *,
+             train_aug_fallback: TrainAugFallback = "error",
+             need_train_aug: bool = True) -> DatasetScan:
     """Read a VOC-style tree: splits, labels and ground-truth paths; image files are not opened.
 
-    ``source="synthetic"``: a ``classes.json`` at ``root`` replaces the VOC class table.
+    ``source="synthetic"``: a ``classes.json`` at ``root`` replaces the VOC class table, and
+    ``train_aug`` is ``train``. ``train_aug_fallback`` / ``need_train_aug``: what happens when
+    VOC's train_aug can be neither read nor derived (see module doc); when it is not needed it is
+    simply left out.
     """
+    if train_aug_fallback not in ("error", "train"):
+        raise ValueError(f"train_aug_fallback must be 'error' or 'train', got "
+                         f"{train_aug_fallback!r}")
     root = Path(os.path.abspath(root))
     layout = (
         "the VOC2012 directory holding JPEGImages/, Annotations/ and ImageSets/Segmentation/"
@@ -144,8 +175,16 @@ def scan_voc(root: str | os.PathLike[str], source: str = "voc12") -> DatasetScan
     seg_class = _stems(root / "SegmentationClass", (".png",))
     seg_aug = _stems(root / "SegmentationClassAug", (".png",))
     if "train_aug" not in splits:
-        val = set(splits["val"])
-        splits["train_aug"] = sorted((set(seg_aug) | set(splits["train"])) - val)
+        if seg_aug or source == "synthetic":
+            val = set(splits["val"])
+            splits["train_aug"] = sorted((set(seg_aug) | set(splits["train"])) - val)
+        elif train_aug_fallback == "train":
+            log.warning("%s: no train_aug.txt and no SegmentationClassAug/: train_aug = train "
+                        "(%d images; the paper's train_aug has 10,582) as configured "
+                        "(dataset.train_aug_fallback: train)", root, len(splits["train"]))
+            splits["train_aug"] = list(splits["train"])
+        elif need_train_aug:
+            raise DatasetError(_no_train_aug_message(root, lists, len(splits["train"])))
 
     membership: dict[str, set[str]] = {}
     for split, ids in splits.items():
@@ -195,3 +234,18 @@ def scan_voc(root: str | os.PathLike[str], source: str = "voc12") -> DatasetScan
             f"{[c.name for c in classes]}:\n  {shown}{more}"
         )
     return DatasetScan(source=source, root=root, classes=classes, candidates=candidates)
+
+
+def _no_train_aug_message(root: Path, lists: Path, n_train: int) -> str:
+    return (
+        f"VOC split train_aug is needed but cannot be built from {root}: neither "
+        f"{lists / 'train_aug.txt'} nor {root / 'SegmentationClassAug'}/ exists. Without them "
+        f"train_aug would be the {n_train} 'train' images instead of the paper's 10,582, and "
+        "every stage would train on the wrong set. Either\n"
+        f"  - unzip SegmentationClassAug (the SBD-augmented labels, 12,031 PNGs, e.g. "
+        f"{SEGMENTATION_CLASS_AUG_URL}) into {root}/, or\n"
+        f"  - put a train_aug list at {lists / 'train_aug.txt'} (the authors' voc12/train_aug.txt "
+        "with one id per line, or DeepLab's '/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png' "
+        "lines), or\n"
+        "  - set dataset.train_aug_fallback: train to train on 'train' knowingly."
+    )

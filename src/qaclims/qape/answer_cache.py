@@ -12,15 +12,27 @@ Layout - built for concurrent Snakemake jobs on a shared file system, no locks n
   as *new* files; a file is written under a temporary dot-name and renamed when complete
   (atomic), and it is never rewritten afterwards - so concurrent writers never collide and readers
   never see half a file;
-* when two files hold the same key, the older file (smaller name) wins, so an answer once served
-  is served again;
+* every row carries the time it was written (``written_ns``) and ``entry_sha``, a digest of its
+  key, answer and time (:func:`entry_digest`). A file with a row whose digest does not match its
+  content (an answer edited by hand, a row moved under another key or time) is ignored whole;
+* when two rows hold the same key, the one written first wins (``written_ns``, then the file
+  name), so an answer once served is served again. The order comes from the verified rows, not
+  from file names: a file dropped in under a name that sorts first cannot win over a real answer;
 * :func:`compact` merges the files into one (optional, run when no VQA job is running).
+
+The digest is a consistency check against accidents and stale or foreign files, not a signature:
+anyone who can write the folder can also compute it.
+
+Clearing it: delete the folder (``rm -rf resources/cache/vqa``, or ``qape.cache_dir``), or one
+model's sub-folder. Nothing else refers to it; the next ``vqa`` jobs ask the model again.
+``make clean-results`` keeps it (and the toy models); ``make clean-cache`` removes it.
 
 Keys:
 
 * ``model_id`` - must change whenever the answers could change: weights, decoding settings
-  (beams, lengths), image size. :func:`model_fingerprint` builds one. Each model gets its own
-  folder (``model_dir_name``); rows of another model id are ignored.
+  (beams, lengths), image size, dtype, device kind, question start token and the engine version
+  (:meth:`qaclims.qape.engine.VqaEngine.cache_model_id`). :func:`model_fingerprint` builds one.
+  Each model gets its own folder (``model_dir_name``); rows of another model id are ignored.
 * image key - the image id *and* a SHA-256 of the image file's bytes (:func:`image_digest`), so a
   replaced or re-encoded image is never served stale answers. Hashing costs ~1 ms per JPEG.
 * question - the full question text after the class name was inserted.
@@ -33,6 +45,7 @@ a warning: its answers are recomputed. The cache never returns an answer it did 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -50,7 +63,10 @@ from qaclims.store import atomic_path
 
 log = logging.getLogger(__name__)
 
-CACHE_COLUMNS = ["model_id", "image_id", "image_sha", "question", "answer"]
+TEXT_COLUMNS = ["model_id", "image_id", "image_sha", "question", "answer"]
+CACHE_COLUMNS = [*TEXT_COLUMNS, "written_ns", "entry_sha"]
+#: Changes when the row format or the digest's definition changes (older files are then unread).
+CACHE_FORMAT = "qaclims-answer-cache-2"
 Key = tuple[str, str, str]  # (image_id, image_sha, question)
 
 
@@ -61,6 +77,14 @@ class AnswerCacheWarning(UserWarning):
 def image_digest(data: bytes) -> str:
     """Content key of an image file: the first 128 bits of SHA-256 of its bytes, hex."""
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+def entry_digest(model_id: str, image_id: str, image_sha: str, question: str, answer: str,
+                 written_ns: int) -> str:
+    """The ``entry_sha`` of a cache row: 128 bits of SHA-256 over its key, answer and time."""
+    payload = json.dumps([CACHE_FORMAT, model_id, image_id, image_sha, question, answer,
+                          int(written_ns)], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def model_dir_name(model_id: str) -> str:
@@ -87,6 +111,7 @@ class AnswerCache:
         self.model_id = model_id
         self.dir = Path(root) / model_dir_name(model_id)
         self._answers: dict[Key, str] = {}
+        self._written: dict[Key, int] = {}  # written_ns of entries read from or flushed to files
         self._pending: dict[Key, str] = {}
         self.hits = 0
         self.misses = 0
@@ -102,19 +127,27 @@ class AnswerCache:
 
     def load(self, image_ids: Iterable[str] | None = None) -> int:
         """Read every cache file's rows for ``image_ids`` (all rows when None); return how many
-        keys are now known. Existing in-memory entries win over those read (first wins)."""
+        keys are now known. Existing in-memory entries win over those read; among those read,
+        the row written first wins (``written_ns``, then the file name)."""
         ids = None if image_ids is None else sorted({str(i) for i in image_ids})
         if ids is not None and not ids:
             return len(self._answers)
+        rows: list[tuple[int, str, Key, str]] = []
         for path in self.files():
             table = self._read_file(path, ids)
             if table is None:
                 continue
-            for key, answer in zip(
-                zip(table["image_id"], table["image_sha"], table["question"], strict=True),
-                table["answer"], strict=True,
-            ):
-                self._answers.setdefault(key, answer)
+            rows.extend(
+                (int(t), path.name, key, answer) for t, key, answer in zip(
+                    table["written_ns"],
+                    zip(table["image_id"], table["image_sha"], table["question"], strict=True),
+                    table["answer"], strict=True)
+            )
+        rows.sort(key=lambda r: (r[0], r[1]))
+        for written_ns, _, key, answer in rows:
+            if key not in self._answers:
+                self._answers[key] = answer
+                self._written[key] = written_ns
         return len(self._answers)
 
     def _read_file(self, path: Path, ids: list[str] | None) -> pd.DataFrame | None:
@@ -143,14 +176,27 @@ class AnswerCache:
             warnings.warn(msg, AnswerCacheWarning, stacklevel=3)
             log.warning(msg)
             table = table.loc[~other]
-        for col in ("image_id", "image_sha", "question", "answer"):
+        for col in CACHE_COLUMNS[1:]:
             if table[col].isna().any():
-                msg = f"answer cache: ignoring {path}: null values in column {col!r}"
-                warnings.warn(msg, AnswerCacheWarning, stacklevel=3)
-                log.warning(msg)
-                self.ignored_files.append(str(path))
-                return None
-        return table.astype({c: str for c in ("image_id", "image_sha", "question", "answer")})
+                return self._ignore(path, f"null values in column {col!r}")
+        table = table.astype({c: str for c in TEXT_COLUMNS[1:]})
+        # Each row must match its own digest: nothing edited, moved or planted is served.
+        for row in table.itertuples(index=False):
+            expected = entry_digest(self.model_id, row.image_id, row.image_sha, row.question,
+                                    row.answer, row.written_ns)
+            if row.entry_sha != expected:
+                return self._ignore(
+                    path, f"the row for image {row.image_id!r}, question {row.question!r} does "
+                    "not match its entry_sha (edited, or not written by this cache)")
+        return table
+
+    def _ignore(self, path: Path, why: str) -> None:
+        msg = (f"answer cache: ignoring {path}: {why}; its answers will be recomputed. Delete it "
+               "to silence this warning.")
+        warnings.warn(msg, AnswerCacheWarning, stacklevel=4)
+        log.warning(msg)
+        self.ignored_files.append(str(path))
+        return None
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -203,9 +249,13 @@ class AnswerCache:
         """Write the entries added since the last flush as one new file (atomically)."""
         if not self._pending:
             return None
-        rows = [(self.model_id, *key, answer) for key, answer in self._pending.items()]
-        path = self.dir / _new_file_name()
+        written_ns = time.time_ns()
+        rows = [(self.model_id, *key, answer, written_ns)
+                for key, answer in self._pending.items()]
+        path = self.dir / _new_file_name(written_ns)
         _write_rows(rows, path)
+        for key in self._pending:
+            self._written[key] = written_ns
         self._pending.clear()
         self.files_written.append(path)
         return path
@@ -228,12 +278,15 @@ def _new_file_name(time_ns: int | None = None) -> str:
     return f"{t:020d}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _write_rows(rows: list[tuple[str, str, str, str, str]], path: Path) -> None:
+def _write_rows(rows: list[tuple[str, str, str, str, str, int]], path: Path) -> None:
+    """Rows ``(model_id, image_id, image_sha, question, answer, written_ns)`` + their digests."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in CACHE_COLUMNS]
-    table = pa.table({c: pa.array(list(v), type=pa.string()) for c, v in
+    full = [(*r, entry_digest(*r)) for r in rows]
+    columns = list(zip(*full, strict=True)) if full else [[] for _ in CACHE_COLUMNS]
+    types = {"written_ns": pa.int64()}
+    table = pa.table({c: pa.array(list(v), type=types.get(c, pa.string())) for c, v in
                       zip(CACHE_COLUMNS, columns, strict=True)})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -251,10 +304,9 @@ def compact(root: str | os.PathLike[str], model_id: str) -> Path | None:
     if len(files) <= 1:
         return files[0] if files else None
     cache.load()
-    rows = [(model_id, *key, answer) for key, answer in cache._answers.items()]
-    # Named after the oldest merged file's time, so newer files still sort (and lose ties) after it.
-    first_time = int(files[0].name.split("-", 1)[0]) if files[0].name[:20].isdigit() else 0
-    merged = cache.dir / _new_file_name(first_time)
+    # Each row keeps its own written_ns, so the merged file decides no tie by its name.
+    rows = [(model_id, *key, answer, cache._written[key]) for key, answer in cache._answers.items()]
+    merged = cache.dir / _new_file_name()
     _write_rows(rows, merged)
     broken = set(cache.ignored_files)
     for p in files:

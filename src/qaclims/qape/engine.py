@@ -20,9 +20,17 @@ tokens. This engine gives the same answers faster, by construction:
 engine against it.
 
 Question tokenisation follows the authors: padding to the longest question, truncation at 35
-tokens, and the first token ([CLS]) replaced by [ENC] when the tokenizer knows that token (BLIP's
-own tokenizer adds it). HF's ``BlipForQuestionAnswering.generate`` feeds [CLS] unchanged, so a
-tokenizer without [ENC] - or ``enc_token=None`` - gives HF's behaviour.
+tokens, and the first token ([CLS]) replaced by [ENC]. ``enc_token`` is that token's id (what
+:func:`qaclims.vlp.blip.resolve_enc_token_id` finds - also for the Hugging Face port, whose
+tokenizer has no [ENC] entry although its text model has the row, id [DEC] + 1) or a token
+string the tokenizer must know. HF's ``BlipForQuestionAnswering.generate`` feeds [CLS]
+unchanged, so a tokenizer without [ENC] - or ``enc_token=None`` - gives HF's behaviour.
+
+Numerics: the engine runs in the dtype it is given, float32 by default as the authors ran BLIP
+(``models.vqa.dtype``; float16 on CUDA is faster and may change answers). :meth:`VqaEngine.
+cache_settings` lists everything beyond the weights that can change an answer - dtype, device
+kind, image size, decoding, question start token and :data:`ENGINE_VERSION` - for the answer
+cache's key.
 """
 
 from __future__ import annotations
@@ -42,12 +50,26 @@ log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 QUESTION_MAX_TOKENS = 35  # the authors' tokenizer max_length
+#: Bump when a change to this module can change an answer: cached answers of older engines are
+#: then never served (the version is part of the answer cache's key).
+ENGINE_VERSION = "2"
 
 ImageLike = Image.Image | torch.Tensor
 KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- shared helpers
+
+#: ``models.vqa.dtype`` values.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a ``models.vqa.dtype`` value."""
+    if name not in DTYPES:
+        raise ValueError(f"models.vqa.dtype: expected one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
 
 
 def check_vqa_model(model: Any) -> None:
@@ -131,10 +153,13 @@ def preprocess_image(
     return (x - m) / s
 
 
-def resolve_enc_token_id(tokenizer: Any, enc_token: str | None) -> int | None:
-    """Id of ``enc_token`` if the tokenizer knows it (not [UNK]), else None (keep [CLS])."""
+def resolve_enc_token_id(tokenizer: Any, enc_token: str | int | None) -> int | None:
+    """Id of ``enc_token``: an int is taken as the id; a string's id if the tokenizer knows it
+    (not [UNK]), else None (keep [CLS])."""
     if enc_token is None:
         return None
+    if isinstance(enc_token, int) and not isinstance(enc_token, bool):
+        return enc_token
     tid = tokenizer.convert_tokens_to_ids(enc_token)
     if tid is None or tid == tokenizer.unk_token_id:
         return None
@@ -225,7 +250,7 @@ def answer_plain(
     num_beams: int = 3,
     max_length: int = 10,
     min_length: int = 1,
-    enc_token: str | None = "[ENC]",
+    enc_token: str | int | None = "[ENC]",
     image_size: int | None = None,
 ) -> str:
     """One question, one ``model.generate`` call that re-encodes the image: the authors' protocol
@@ -254,8 +279,9 @@ class VqaEngine:
     """Answers many questions about many images with a BLIP VQA model (see module docstring).
 
     The engine moves the model to ``device`` and ``dtype`` in place and sets it to eval mode.
-    ``device`` defaults to CUDA when available, else CPU; ``dtype`` to float16 on CUDA, float32 on
-    CPU. ``calls`` counts the questions that reached the model (a question repeated for one image
+    ``device`` defaults to CUDA when available, else CPU; ``dtype`` to float32 (the authors').
+    ``enc_token``: the question start token, an id or a token string (module docstring).
+    ``calls`` counts the questions that reached the model (a question repeated for one image
     counts once). ``mask_question_padding=False`` reproduces the authors' all-ones cross-attention
     mask applied to a padded batch (wrong answers for padded questions); for tests only.
     """
@@ -273,7 +299,7 @@ class VqaEngine:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         image_size: int | None = None,
-        enc_token: str | None = "[ENC]",
+        enc_token: str | int | None = "[ENC]",
         mask_question_padding: bool = True,
     ) -> None:
         check_vqa_model(model)
@@ -287,7 +313,7 @@ class VqaEngine:
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+            dtype = torch.float32
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.image_size, self.mean, self.std = resolve_image_transform(
@@ -303,13 +329,39 @@ class VqaEngine:
                 self.image_size,
             )
         self.enc_token_id = resolve_enc_token_id(self.tokenizer, enc_token)
+        if self.enc_token_id is not None and not 0 <= self.enc_token_id < text_vocab:
+            raise ValueError(f"question start token id {self.enc_token_id} is outside the BLIP "
+                             f"text model's vocabulary of {text_vocab}")
         self.question_batch_size = question_batch_size
         self.image_batch_size = image_batch_size or (8 if self.device.type == "cuda" else 2)
         self.mask_question_padding = mask_question_padding
         text = model.config.text_config
+        self.decoding = {"num_beams": num_beams, "max_length": max_length,
+                         "min_length": min_length}
         self.generate_kwargs = generate_kwargs(num_beams, max_length, min_length)
         self.generate_kwargs.update(eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id)
         self.calls = 0
+
+    def cache_settings(self) -> dict[str, Any]:
+        """Everything besides the weights that can change an answer (the answer cache's key).
+        Batch sizes are left out: padding is masked, so a question decodes as it would alone
+        (up to floating-point rounding)."""
+        return {
+            "engine_version": ENGINE_VERSION,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type,
+            "image_size": self.image_size,
+            "question_start_token_id": self.enc_token_id,
+            "mask_question_padding": self.mask_question_padding,
+            **self.decoding,
+        }
+
+    def cache_model_id(self, weights_id: str) -> str:
+        """The answer cache's model id: the weights (``weights_id``, e.g. ``BlipVqa.model_id``)
+        and :meth:`cache_settings`."""
+        from qaclims.qape.answer_cache import model_fingerprint
+
+        return model_fingerprint(weights_id, weights_id, **self.cache_settings())
 
     # ----------------------------------------------------------------- public API
 
@@ -441,3 +493,33 @@ class VqaEngine:
                 **self.generate_kwargs,
             )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_vqa_engine(
+    source: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    image_size: int | None = None,
+    num_beams: int = 3,
+    max_length: int = 10,
+    min_length: int = 1,
+) -> tuple[VqaEngine, str]:
+    """``(engine, cache model id)`` for a BLIP VQA folder or hub id (what the ``vqa`` rule runs).
+
+    The question start token is the [ENC] id that :func:`qaclims.vlp.blip.load_blip_vqa`
+    resolves - with the Hugging Face port's tokenizer (no [ENC] entry) the engine would otherwise
+    keep [CLS], unlike the authors' BLIP.
+    """
+    from qaclims.vlp.blip import load_blip_vqa
+
+    torch_dtype = parse_dtype(dtype)
+    settings = dict(num_beams=num_beams, max_length=max_length, min_length=min_length)
+    vqa = load_blip_vqa(source, device=str(device), dtype=torch_dtype, image_size=image_size,
+                        **settings)
+    engine = VqaEngine(vqa.model, vqa.processor, image_size=vqa.image_size, device=device,
+                       dtype=torch_dtype, enc_token=vqa.question_start_token_id, **settings)
+    return engine, engine.cache_model_id(vqa.model_id)

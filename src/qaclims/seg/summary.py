@@ -3,8 +3,10 @@ paper's numbers (rule ``final_table`` -> ``results/{dataset}/summary/miou_table.
 
 One row per experiment, in config order: the CAM experiments (baseline first) with
 
-* ``cam_miou`` - CAM mIoU at the best background threshold (``cam_eval/threshold.json``:
-  ``best_miou``, ``best_threshold``) and ``cam_miou_at_fixed`` at the fixed threshold (0.15);
+* ``cam_miou_at_fixed`` - CAM mIoU at the fixed background threshold (0.15, the authors'
+  protocol: ``cam_eval/threshold.json``: ``miou_at_fixed``), and ``cam_miou`` at the best
+  threshold of the full sweep (``best_miou``, ``best_threshold``) - a separate column, because
+  the paper's 67.3 was measured at 0.15, not at a threshold picked on the evaluation split;
 * ``pseudo_mask_miou`` - the IRN pseudo masks (``irn/metrics/pseudo_masks.json``: ``miou``);
 * ``deeplab_miou`` - DeepLab trained on that experiment's pseudo masks, on the segmentation
   evaluation split (``deeplab/metrics.json``: ``miou``), where one was trained;
@@ -32,9 +34,11 @@ __all__ = ["COLUMNS", "PAPER", "build_rows", "markdown_table", "paper_row", "tsv
            "write_tables"]
 
 #: The paper's numbers (percent) by dataset source; the splits are the papers' (VOC: CAM and
-#: masks on train, DeepLab on val and test; COCO: DeepLab on val).
+#: masks on train, DeepLab on val and test; COCO: DeepLab on val). Each sits in the column of
+#: the protocol it was measured with: the CAM's 67.3 at the fixed threshold 0.15 (the authors'
+#: eval_cam, method.md 8), not at the best of a sweep.
 PAPER: dict[str, dict[str, float]] = {
-    "voc12": {"cam_miou": 67.3, "pseudo_mask_miou": 77.4, "deeplab_miou": 72.4,
+    "voc12": {"cam_miou_at_fixed": 67.3, "pseudo_mask_miou": 77.4, "deeplab_miou": 72.4,
               "deeplab_test_miou": 72.3},
     "coco14": {"deeplab_miou": 43.2},
 }
@@ -44,9 +48,9 @@ PAPER_LABEL = "QA-CLIMS (paper)"
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("experiment", "experiment"),
     ("labels", "DeepLab trained on"),
-    ("cam_best_threshold", "CAM threshold"),
-    ("cam_miou", "CAM mIoU ({cam}, best thr.)"),
-    ("cam_miou_at_fixed", "CAM mIoU ({cam}, thr. {fixed})"),
+    ("cam_miou_at_fixed", "CAM mIoU ({cam}, thr. {fixed}: paper protocol)"),
+    ("cam_miou", "CAM mIoU ({cam}, best of sweep)"),
+    ("cam_best_threshold", "best thr."),
     ("pseudo_mask_miou", "pseudo-mask mIoU ({mask})"),
     ("deeplab_miou", "DeepLab mIoU ({seg})"),
     ("deeplab_test_miou", "DeepLab mIoU (test)"),
@@ -182,7 +186,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], splits: Mapping[str, Any],
     for r in rows:
         lines.append("| " + " | ".join(_cell(k, r.get(k), 1) for k, _ in cols) + " |")
     lines.append("")
-    lines.append("mIoU in percent; empty: not applicable or not computed.")
+    lines.append("mIoU in percent; empty: not applicable or not computed. The paper's numbers "
+                 "sit in the column of the protocol they were measured with (CAM: fixed "
+                 "threshold); the best of the threshold sweep is picked on the evaluation split "
+                 "itself and has no paper counterpart.")
     return "\n".join(lines) + "\n"
 
 

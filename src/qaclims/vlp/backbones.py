@@ -9,9 +9,13 @@
 - ``None``: random initialisation (logged as a warning - only for tests and toy runs).
 
 The state dict must match the architecture: missing, unexpected or mis-shaped keys raise a
-``ValueError`` naming them (only a missing ``fc.*`` head is tolerated, and logged, because
-backbone-only files drop it). Stride changes and frozen BN belong to the networks that use these
-backbones (the cam/irn/seg stages), not here.
+``ValueError`` naming them. Two kinds of missing keys are tolerated (and logged): the ``fc.*``
+head, because backbone-only files drop it, and BatchNorm ``num_batches_tracked`` buffers, because
+torchvision's legacy files - the ``resnet50-19c8e357.pth`` that IRN/CLIMS/QA-CLIMS load - predate
+that buffer (torch 0.4.1). It only counts batches for ``momentum=None`` averaging, which neither
+torchvision's BN (momentum 0.1) nor the frozen BN of the CAM/IRN/DeepLab networks uses.
+Stride changes and frozen BN belong to the networks that use these backbones (the cam/irn/seg
+stages), not here.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ IMAGENET_FILES: dict[str, tuple[str, str]] = {
     "resnet101": ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth"),
 }
 TORCHVISION_URL = "https://download.pytorch.org/models/{}"
+#: BatchNorm buffer absent from files saved before torch 0.4.1 (torchvision's legacy weights).
+BN_COUNTER = "num_batches_tracked"
 
 
 def torch_checkpoint_dir() -> Path:
@@ -100,20 +106,25 @@ def load_resnet(arch: ResNetArch, weights: str | os.PathLike[str] | None):
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    check_state_dict(model, state, source=f"{path} ({arch})", optional_prefixes=("fc.",))
+    check_state_dict(model, state, source=f"{path} ({arch})", optional_prefixes=("fc.",),
+                     optional_suffixes=(BN_COUNTER,))
     model.load_state_dict(state, strict=False)
     log.info("%s: loaded %s (sha256 %s)", arch, path, file_sha256(path)[:12])
     return model
 
 
 def check_state_dict(model, state: dict, *, source: str,
-                     optional_prefixes: tuple[str, ...] = ()) -> None:
+                     optional_prefixes: tuple[str, ...] = (),
+                     optional_suffixes: tuple[str, ...] = ()) -> None:
     """Raise ``ValueError`` naming missing, unexpected and mis-shaped keys of ``state``.
 
-    Keys that start with one of ``optional_prefixes`` may be missing (logged).
+    Keys that start with one of ``optional_prefixes`` or end with one of ``optional_suffixes``
+    may be missing (logged).
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
+    counters = [k for k in missing if optional_suffixes and k.endswith(optional_suffixes)]
+    missing = [k for k in missing if k not in counters]
     tolerated = [k for k in missing if k.startswith(optional_prefixes)]
     missing = [k for k in missing if not k.startswith(optional_prefixes)]
     unexpected = [k for k in state if k not in own]
@@ -134,6 +145,9 @@ def check_state_dict(model, state: dict, *, source: str,
     if tolerated:
         log.warning("%s: no %s keys; those stay randomly initialised", source,
                     "/".join(optional_prefixes))
+    if counters:
+        log.info("%s: no %s buffers (%d; a pre-0.4.1 torchvision file); they start at 0",
+                 source, "/".join(optional_suffixes), len(counters))
 
 
 def _short(items: list[str], n: int = 8) -> str:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qaclims.store import atomic_path, write_json
+from qaclims.store import atomic_path, temp_dir, write_json
 
 PathLike = str | os.PathLike[str]
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def gather_training_labels(manifest: PathLike | Any, split: str, out_dir: PathLi
                                 f"{what}, e.g. {', '.join(missing[:5])}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
         for image_id in ids:
             shutil.copyfile(sources[image_id], tmp / f"{image_id}.png")

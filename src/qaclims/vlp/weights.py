@@ -25,12 +25,13 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from qaclims.store import temp_dir, temp_file
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,8 @@ def read_sidecar(path: PathLike) -> dict[str, str]:
 
 def write_sidecar(path: PathLike, hashes: dict[str, str]) -> None:
     sc = sidecar_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{sc.name}.", dir=sc.parent)
-    with os.fdopen(fd, "w") as f:
+    tmp = temp_file(sc.parent, prefix=f".{sc.name}.")
+    with open(tmp, "w") as f:
         for name in sorted(hashes):
             f.write(f"{hashes[name]}  {name}\n")
     os.replace(tmp, sc)
@@ -361,11 +362,10 @@ def download_url(url: str, dest: PathLike, *, asset: Asset | None = None, timeou
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    tmp = temp_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             while block := resp.read(1 << 22):
                 h.update(block)
                 out.write(block)
@@ -389,7 +389,7 @@ def download_hf_snapshot(asset: Asset, dest: PathLike) -> Path:
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = temp_dir(dest.parent, prefix=f".{dest.name}.")
     try:
         snapshot_download(
             repo_id=asset.source, revision=asset.revision, local_dir=tmp,

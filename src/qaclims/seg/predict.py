@@ -145,13 +145,11 @@ def predict_image(model: Any, image_uint8: np.ndarray, *, flip: bool = False,
 
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as uint8 RGB (cv2 decoder, as training reads it)."""
-    import cv2
+    """An image file as uint8 RGB (the reader training uses; a bad file raises
+    :class:`~qaclims.data.images.ImageReadError` naming it)."""
+    from qaclims.data.images import read_image
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {path} (missing or not an image)")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return read_image(path)
 
 
 def _crf_and_write(image_rgb: np.ndarray, probs: np.ndarray, params: CrfParams,

@@ -47,6 +47,7 @@ def test_readers_agree_on_a_good_image(tmp_path: Path) -> None:
     Image.fromarray(rgb).save(path)
     r = _readers()
     assert np.array_equal(r["read_image"](path), rgb)
+    assert r["read_image"](path).flags.writeable  # pydensecrf writes into it
     assert np.array_equal(r["cam"](path), rgb)
     assert np.array_equal(r["deeplab_predict"](path), rgb)
     assert np.array_equal(r["deeplab_train"](path), rgb[:, :, ::-1].astype(np.float32))

@@ -160,7 +160,8 @@ def read_image(path: str | os.PathLike[str]) -> Any:
     :class:`ImageReadError` naming the file (see :func:`open_image`)."""
     import numpy as np
 
-    return np.asarray(open_image(path), dtype=np.uint8)
+    # a writable array (as cv2 gave): pydensecrf and in-place augmentations write into it
+    return np.array(open_image(path), dtype=np.uint8)
 
 
 def check_image(path: str | os.PathLike[str], decode: bool = True) -> ImageInfo:

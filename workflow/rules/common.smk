@@ -26,6 +26,13 @@ def asset_output(name):
     return str(asset_path(name, WEIGHTS)), get_asset(name).kind == "hf_snapshot"
 
 
+def converted_outputs(names):
+    """The tensors-only copies fetch_weights writes beside assets that need a full unpickle."""
+    from qaclims.vlp.weights import asset_outputs, get_asset
+
+    return [str(p) for n in names for p in asset_outputs(get_asset(n), WEIGHTS)[1:]]
+
+
 def repo_file(path):
     """A path from the config: relative to the working directory, else to the repository."""
     p = Path(path)

@@ -151,11 +151,10 @@ def run_train_deeplab(manifest: PathLike, classes: PathLike, label_dir: PathLike
 def checkpoint_input(path: PathLike) -> tuple[tuple[float, float, float], str]:
     """``(mean_bgr, input_norm)`` the model was trained with (its checkpoint's meta; files
     without them: the authors' mean and caffe-style input)."""
-    import torch
-
     from qaclims.seg.predict import MEAN_BGR
+    from qaclims.torch_io import safe_load
 
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    payload = safe_load(path, "DeepLab checkpoint")
     meta = (payload.get("meta") if isinstance(payload, dict) else None) or {}
     mean = (meta.get("settings") or {}).get("mean_bgr")
     mean_bgr = tuple(float(m) for m in mean) if mean else MEAN_BGR

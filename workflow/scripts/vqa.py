@@ -8,7 +8,7 @@ import logging
 
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.qape.answer_cache import model_fingerprint
 from qaclims.qape.answers import answer_shard_files
 from qaclims.qape.engine import VqaEngine
@@ -21,7 +21,7 @@ p = snakemake.params
 settings = dict(num_beams=p.vqa["num_beams"], max_length=p.vqa["max_length"],
                 min_length=p.vqa["min_length"])
 try:
-    device = pick_device(p.device)
+    device = job_device(snakemake)
     vqa = load_blip_vqa(p.vqa_source, device=device, image_size=p.vqa["image_size"], **settings)
     model_id = model_fingerprint(vqa.model_id, vqa.model_id, image_size=vqa.image_size, **settings)
     engine = VqaEngine(vqa.model, vqa.processor, image_size=vqa.image_size, device=device,

@@ -166,9 +166,19 @@ def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
                         threads: int = 1) -> dict[str, Any]:
     """Label PNGs of every image of ``split`` with the trained model (``seg.predict``
     settings ``predict``). The CRF runs in ``crf_workers`` processes (None: ``threads``; one
-    thread: in this process)."""
+    thread: in this process).
+
+    Resumable: the PNGs go to ``.{out_dir name}.partial/<hash>/`` beside ``out_dir`` (not a
+    declared output, so Snakemake does not delete it when a job is killed or preempted), where
+    ``hash`` covers the model file's bytes, the split and the settings; a rerun predicts only
+    the images not there yet, and the finished folder is renamed to ``out_dir``.
+    """
+    import hashlib
+    import json
+
     import torch
 
+    from qaclims.provenance import file_sha256
     from qaclims.seg.networks import load_deeplab_checkpoint
     from qaclims.seg.predict import predict_split
     from qaclims.seg.settings import SegPredictSettings
@@ -182,8 +192,19 @@ def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
     log.info("predicting %r with %s (MSC scales 1 + %s, flip %s, CRF %s)", split, model_path,
              list(model.scales), s.flip, s.crf_params if s.crf else "off")
     mean_bgr, input_norm = checkpoint_input(model_path)
-    return predict_split(model, manifest, split, out_dir, flip=s.flip, crf=s.crf_config(),
-                         mean_bgr=mean_bgr, input_norm=input_norm, crf_workers=workers, log=log)
+    out_dir = Path(out_dir)
+    key = json.dumps({"model": file_sha256(model_path), "split": split,
+                      "predict": dict(predict)}, sort_keys=True, default=str)
+    partial_root = out_dir.parent / f".{out_dir.name}.partial"
+    partial = partial_root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    summary = predict_split(model, manifest, split, partial, flip=s.flip, crf=s.crf_config(),
+                            mean_bgr=mean_bgr, input_norm=input_norm, crf_workers=workers,
+                            skip_existing=True, log=log)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    shutil.rmtree(partial_root, ignore_errors=True)  # states of other settings are stale now
+    return summary
 
 
 def run_voc_test_submission(manifest: PathLike, split: str, pred_dir: PathLike,

@@ -168,3 +168,96 @@ def test_bad_stage_values_are_named() -> None:
            "experiments": {"mine": {"ritc": {"tua": 0.5}}}}
     with pytest.raises(ConfigError, match="experiments.mine.ritc.tua"):
         validate_config(cfg, base=ROOT)
+
+
+# -- issue 21 item 6: plain names, minimums, splits and questions checked before any job -------
+def _minimal(**sections) -> dict:
+    return {"dataset": {"name": "x", "source": "synthetic", "root": "r"}, **sections}
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"dataset": {"name": "..", "source": "synthetic", "root": "r"}}, "dataset.name"),
+        ({"dataset": {"name": ".hidden", "source": "synthetic", "root": "r"}}, "dataset.name"),
+        (_minimal(models={"toy_name": "../../elsewhere"}), "models.toy_name"),
+        (_minimal(models={"toy_name": "a/b"}), "models.toy_name"),
+        (_minimal(experiments={"../escape": {}}), "experiments"),
+        (_minimal(ablations={"a/b": {}}), "ablations"),
+        (_minimal(seg={"gt_experiment": ".."}), "seg.gt_experiment"),
+    ],
+)
+def test_names_that_become_folders_must_be_plain(config, key) -> None:
+    with pytest.raises(ConfigError, match=rf"'{key}': expected a string matching"):
+        validate_config(config, base=ROOT)
+
+
+def _numeric_without_minimum(node, path=()):
+    if not isinstance(node, dict):
+        return
+    types = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+    if {"integer", "number"} & set(types) and not {"minimum", "exclusiveMinimum"} & set(node):
+        yield ".".join(path)
+    for key, sub in node.get("properties", {}).items():
+        yield from _numeric_without_minimum(sub, (*path, key))
+    yield from _numeric_without_minimum(node.get("items"), (*path, "[]"))
+    for key, sub in node.get("$defs", {}).items():
+        yield from _numeric_without_minimum(sub, ("$defs", key))
+
+
+def test_every_numeric_key_has_a_minimum() -> None:
+    schema = load_yaml(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    assert list(_numeric_without_minimum(schema)) == []
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"cam": {"train_cam": {"batch_size": 0}}}, "'cam.train_cam.batch_size': expected a "
+                                                    "number >= 1, got 0"),
+        ({"cam": {"ritc": {"lr": 0}}}, "'cam.ritc.lr': expected a number > 0, got 0"),
+        ({"irn": {"train": {"weight_decay": -1e-4}}}, "'irn.train.weight_decay': expected a "
+                                                      "number >= 0"),
+        ({"models": {"toy": {"vqa": {"max_minutes": 0}}}}, "'models.toy.vqa.max_minutes'"),
+    ],
+)
+def test_numbers_below_their_minimum_are_named(section, expected) -> None:
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        validate_config(_minimal(**section), base=ROOT)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ({"dataset": {"name": "x", "source": "synthetic", "root": "r",
+                      "splits": {"cam_eval": "trian"}}}, "dataset.splits.cam_eval", "trian"),
+        ({"qape": {"splits": ["train_aug", "vla"]}}, r"qape.splits\[1\]", "vla"),
+        ({"seg": {"predict": {"test_split": "test"}}}, "seg.predict.test_split", "test"),
+    ],
+)
+def test_split_names_are_checked_against_the_dataset(section, key, value) -> None:
+    config = {**_minimal(), **section}
+    with pytest.raises(ConfigError, match=rf"'{key}': expected a split of the synthetic dataset "
+                       rf"at 'r' \(\['train', 'train_aug', 'val'\]\), got '{value}'"):
+        validate_config(config, base=ROOT)
+
+
+def test_voc_splits_follow_the_lists_on_disk(tmp_path) -> None:
+    config = load_yaml(ROOT / "config" / "voc12.yaml")
+    lists = tmp_path / config["dataset"]["root"] / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    config.setdefault("seg", {}).setdefault("predict", {})["test_split"] = "test"
+    with pytest.raises(ConfigError, match="'seg.predict.test_split'.*got 'test'"):
+        validate_config(config, base=tmp_path)
+    (lists / "test.txt").write_text("2008_000001\n")
+    assert validate_config(config, base=tmp_path)["seg"]["predict"]["test_split"] == "test"
+
+
+def test_questions_file_is_checked_when_the_config_is(tmp_path) -> None:
+    bad = tmp_path / "questions.yaml"
+    text = (ROOT / "config" / "questions.yaml").read_text()
+    bad.write_text(text.replace("kind of {} is", "kind of thing is"))  # no placeholder
+    with pytest.raises(ConfigError, match=rf"(?s){bad}.*fg_kind.*placeholder"):
+        validate_config(_minimal(questions=str(bad)), base=ROOT)
+    with pytest.raises(ConfigError, match="not found.*nope.yaml"):
+        validate_config(_minimal(questions="nope.yaml"), base=tmp_path)

@@ -164,3 +164,49 @@ def test_voc_test_submission(tmp_path: Path) -> None:
     (pred / "img_001.png").unlink()
     with pytest.raises(FileNotFoundError, match="img_001"):
         run_voc_test_submission(manifest, "test", pred, tmp_path / "v2", tmp_path / "v2.tgz")
+
+
+def test_predict_resumes_after_a_kill(tmp_path: Path, data, monkeypatch) -> None:
+    """A killed or preempted predict_deeplab keeps its finished PNGs outside the declared output
+    (which Snakemake deletes) and the rerun predicts only the rest (issue 21 item 7)."""
+    import qaclims.seg.predict as predict_module
+
+    manifest, classes, labels = data
+    model = tmp_path / "model.pth"
+    run_train_deeplab(manifest, classes, labels, model, tmp_path / "curve.tsv", train=TRAIN,
+                      split="train", init=None, resume_dir=None, device="cpu", threads=1)
+    settings = {"crf": False, "flip": False}
+    ref = tmp_path / "ref" / "val"
+    run_predict_deeplab(model, manifest, "val", ref, threads=1, predict=settings)
+
+    pred = tmp_path / "deeplab" / "predictions" / "val"
+    written = []
+    original = predict_module.write_label_png
+
+    def killed_after_two(label, path):
+        if len(written) == 2:
+            raise KeyboardInterrupt("preempted")
+        written.append(Path(path).name)
+        original(label, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(predict_module, "write_label_png", killed_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            run_predict_deeplab(model, manifest, "val", pred, threads=1, predict=settings)
+    assert not pred.exists()  # nothing that looks finished
+    shutil.rmtree(pred, ignore_errors=True)  # what Snakemake does with the declared output
+    out = run_predict_deeplab(model, manifest, "val", pred, threads=1, predict=settings)
+    assert out["n_images"] == 4 and out["n_predicted"] == 2
+    assert sorted(p.name for p in pred.iterdir()) == sorted(p.name for p in ref.iterdir())
+    for png in ref.iterdir():
+        assert np.array_equal(read_label_png(png), read_label_png(pred / png.name))
+    assert not (pred.parent / ".val.partial").exists()
+    # other settings never reuse a partial result
+    with monkeypatch.context() as m:
+        written.clear()
+        m.setattr(predict_module, "write_label_png", killed_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            run_predict_deeplab(model, manifest, "val", tmp_path / "b", threads=1,
+                                predict={**settings, "flip": True})
+    assert run_predict_deeplab(model, manifest, "val", tmp_path / "b", threads=1,
+                               predict=settings)["n_predicted"] == 4

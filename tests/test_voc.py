@@ -242,8 +242,18 @@ def _corrupt_gt(tree):
     return "2008_000005", "corrupt_gt", "SegmentationClassAug/2008_000005.png is not a readable"
 
 
+def _gt_bad_values(tree):
+    # 21 is one past VOC's 20 classes; 254 is neither a class nor the ignore value 255
+    gt = tree.root / "SegmentationClass/2007_000004.png"
+    label = np.zeros((20, 28), np.uint8)
+    label[0, :3], label[1, 0], label[2, 0] = 21, 254, 255
+    write_label_png(label, gt)
+    match = rf"{gt} has pixel values outside 0..20 and 255 \(ignore\): 21 \(3 px\), 254 \(1 px\)"
+    return "2007_000004", "gt_bad_values", match
+
+
 BREAKAGES = [_missing_image, _corrupt_image, _truncated_image, _gt_size_mismatch, _missing_xml,
-             _broken_xml, _corrupt_gt]
+             _broken_xml, _corrupt_gt, _gt_bad_values]
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda f: f.__name__[1:])

@@ -213,12 +213,66 @@ def check_seeds(config: Mapping[str, Any]) -> None:
             if SEED_SUFFIX.search(name):
                 raise ValueError(f"{section}.{name}: names ending in '-seed<N>' are the seeded "
                                  f"runs' (seeds); rename the experiment")
+def dataset_splits(source: str, root: Path) -> set[str]:
+    """The split names ``prepare_dataset`` writes for this dataset (labelled ones; an image
+    without labels goes to ``{split}_unlabelled``), known before the dataset is read."""
+    if source == "coco14":
+        from qaclims.data.coco import COCO_SPLITS
+
+        return set(COCO_SPLITS)
+    from qaclims.data.voc import SPLIT_FILES
+
+    # train_aug is derived from train when the tree has no list for it; test only where listed
+    # (the synthetic generator writes train and val)
+    lists = root / "ImageSets" / "Segmentation"
+    listed = {n for n in SPLIT_FILES if (lists / f"{n}.txt").is_file()}
+    return {"train", "val", "train_aug"} | (listed if source == "voc12" else set())
+
+
+def check_splits(config: Mapping[str, Any], base: Path) -> None:
+    """Every split a rule will select must be one the dataset has: a typo would otherwise
+    surface as an empty selection in a job hours into the run."""
+    dataset = config["dataset"]
+    known = dataset_splits(dataset["source"], base / dataset["root"])
+    allowed = known | {f"{s}_unlabelled" for s in known}
+    named = [(f"dataset.splits.{k}", v) for k, v in dataset["splits"].items()]
+    named += [(f"qape.splits[{i}]", v) for i, v in enumerate(config["qape"].get("splits") or [])]
+    test_split = ((config.get("seg") or {}).get("predict") or {}).get("test_split")
+    if test_split not in (None, "auto"):
+        named.append(("seg.predict.test_split", test_split))
+    for key, split in named:
+        if split not in allowed:
+            raise ConfigError(
+                f"config key '{key}': expected a split of the {dataset['source']} dataset at "
+                f"{dataset['root']!r} ({sorted(known)}), got {split!r}"
+            )
+
+
+def resolve_path(path: str | Path, base: Path) -> Path:
+    """A path from the config: relative to ``base`` (the working directory) when it exists
+    there, else to the repository (as the workflow's ``repo_file``)."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    return base / p if (base / p).exists() else SCHEMA_DIR.parents[1] / p
+
+
+def check_questions(config: Mapping[str, Any], base: Path) -> None:
+    """Load and check the questions file now (a template without its placeholder must stop
+    ``snakemake -n``, not a VQA job an hour in); :class:`QuestionsError` names the file."""
+    from qaclims.qape.questions import load_questions
+
+    load_questions(resolve_path(config["questions"], base))
 
 
 def validate_config(config: dict[str, Any], base: str | Path = ".") -> dict[str, Any]:
-    """Validate the pipeline config against workflow/schemas/config.schema.yaml."""
+    """Validate the pipeline config against workflow/schemas/config.schema.yaml, then what a
+    schema cannot say: related values, dataset roots and splits, the questions file, and every
+    stage's settings."""
     schema = load_yaml(SCHEMA_DIR / "config.schema.yaml")
     filled = validate(config, schema)
     check_consistency(filled, Path(base))
+    check_splits(filled, Path(base))
+    check_questions(filled, Path(base))
     check_stage_settings(filled, schema)
     return filled

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from qaclims.store import temp_file
 
 __all__ = ["ConfusionMatrix", "confusion_matrix"]
 
@@ -194,9 +195,9 @@ class ConfusionMatrix:
         if suffix not in (".json", ".npz"):
             raise ValueError(f"{path}: save a confusion matrix as .json or .npz")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=suffix)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 if suffix == ".json":
                     payload = {"num_classes": self.num_classes, "confusion": self.matrix.tolist()}
                     fh.write((json.dumps(payload) + "\n").encode())

@@ -20,9 +20,11 @@ large artifact (CAM shards, fetched weights) is read once, by the job that wrote
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import socket
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from qaclims.store import atomic_path
+
+log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
@@ -285,15 +289,39 @@ def record_provenance(job: Any, *, started: float | None = None) -> list[Path]:
     ``output``, ``params``, ``wildcards``, ``rule``, ``threads``, ``resources``, ``log``).
     ``started`` is the job's start (epoch seconds); the end is now. Outputs that do not exist
     (an optional output the script legitimately skipped) get no sidecar.
+
+    Never raises (an ``Exception``): it runs after the outputs are complete, and a failing job
+    would make Snakemake delete them - hours of training lost over a full disk or an unreadable
+    input while hashing. The error is logged naming the output, and a sidecar left from an
+    earlier run is removed so it cannot describe the new file.
     """
-    record = build_provenance(
-        rule=str(getattr(job, "rule", None)), inputs=getattr(job, "input", []),
-        outputs=job.output, params=getattr(job, "params", None),
-        wildcards=getattr(job, "wildcards", None), threads=getattr(job, "threads", None),
-        resources=getattr(job, "resources", None), log=getattr(job, "log", None),
-        started=started,
-    )
-    return [write_sidecar(p, record) for _, p in named_paths(job.output) if Path(p).exists()]
+    outputs = [p for _, p in named_paths(job.output) if Path(p).exists()]
+    try:
+        record = build_provenance(
+            rule=str(getattr(job, "rule", None)), inputs=getattr(job, "input", []),
+            outputs=job.output, params=getattr(job, "params", None),
+            wildcards=getattr(job, "wildcards", None), threads=getattr(job, "threads", None),
+            resources=getattr(job, "resources", None), log=getattr(job, "log", None),
+            started=started,
+        )
+    except Exception as err:  # noqa: BLE001 - see above: the outputs must survive
+        for p in outputs:
+            _provenance_failed(p, err)
+        return []
+    written = []
+    for p in outputs:
+        try:
+            written.append(write_sidecar(p, record))
+        except Exception as err:  # noqa: BLE001
+            _provenance_failed(p, err)
+    return written
+
+
+def _provenance_failed(output: PathLike, err: BaseException) -> None:
+    log.error("provenance of %s not recorded (%s: %s); the output is kept", output,
+              type(err).__name__, err)
+    with contextlib.suppress(OSError):
+        sidecar_path(output).unlink()
 
 
 def read_provenance(artifact: PathLike) -> dict[str, Any]:

@@ -4,6 +4,11 @@ Every writer goes through :func:`atomic_path`: the data is written to a temporar
 target and renamed over it only once complete, so a killed job never leaves a file that looks
 finished (Snakemake would otherwise treat a half-written output of a killed job as complete
 when it is rerun with ``--keep-incomplete`` or by hand).
+
+``tempfile.mkstemp``/``mkdtemp`` create 0600 files and 0700 folders whatever the umask: renamed
+into place they would make every result private to its owner, so collaborators on a cluster
+could not read results or share caches. :func:`temp_file` and :func:`temp_dir` give the temporary
+the mode a plain ``open``/``mkdir`` would have had (0666/0777 less the umask).
 """
 
 from __future__ import annotations
@@ -22,6 +27,38 @@ import numpy as np
 PathLike = str | os.PathLike[str]
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` both sets
+    and returns it, which would race with threads creating files meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - not Linux
+    os.umask(mask)  # pragma: no cover
+    return mask
+
+
+def temp_file(directory: PathLike, prefix: str = "", suffix: str = "") -> Path:
+    """A new empty temporary file in ``directory`` with the umask's mode (not mkstemp's 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def temp_dir(directory: PathLike, prefix: str = "") -> Path:
+    """A new empty temporary folder in ``directory`` with the umask's mode (not mkdtemp's
+    0700), so it can be renamed into place as a shared output."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -31,12 +68,8 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix,
-        dir=target.parent,
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_file(target.parent, prefix=f".{target.name}.",
+                         suffix=suffix if suffix is not None else target.suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, target)

@@ -26,6 +26,13 @@ def asset_output(name):
     return str(asset_path(name, WEIGHTS)), get_asset(name).kind == "hf_snapshot"
 
 
+def converted_outputs(names):
+    """The tensors-only copies fetch_weights writes beside assets that need a full unpickle."""
+    from qaclims.vlp.weights import asset_outputs, get_asset
+
+    return [str(p) for n in names for p in asset_outputs(get_asset(n), WEIGHTS)[1:]]
+
+
 def repo_file(path):
     """A path from the config: relative to the working directory, else to the repository."""
     p = Path(path)
@@ -68,7 +75,8 @@ SHARDS = _shards()
 # Runtimes are given at VOC scale (the authors' settings) and scaled by the number of images
 # the config declares, per shard where a rule runs per shard; memory of the training rules
 # follows batch x crop area. Both double on each retry (`retries` in the SLURM profile), so a
-# job killed for time or memory gets more on its second attempt.
+# job killed for time or memory gets more on its second attempt; runtimes stop at the partition's
+# limit (compute.max_runtime_minutes), where the training rules resume from their checkpoints.
 VOC_IMAGES = 12031  # train_aug + val
 
 
@@ -79,13 +87,20 @@ def dataset_images():
     return {"voc12": VOC_IMAGES, "coco14": 123287}[DATASET["source"]]
 
 
+def runtime_limit(minutes, attempt=1):
+    """``minutes`` times the attempt, capped at compute.max_runtime_minutes, as a unit string."""
+    from qaclims.cluster import retry_minutes
+
+    return f"{retry_minutes(minutes, attempt, COMPUTE['max_runtime_minutes'])}m"
+
+
 def scaled_runtime(voc_minutes, per_shard=False, floor=15):
     """Resource callable: ``voc_minutes`` scaled by dataset size (and 1/n_shards), at least
-    ``floor`` minutes, times the attempt - as a unit string."""
+    ``floor`` minutes, times the attempt (capped) - as a unit string."""
 
     def runtime(wildcards, attempt):
         share = dataset_images() / VOC_IMAGES / (QAPE["n_shards"] if per_shard else 1)
-        return f"{max(floor, int(voc_minutes * share)) * attempt}m"
+        return runtime_limit(max(floor, int(voc_minutes * share)), attempt)
 
     return runtime
 

@@ -15,6 +15,9 @@ if FETCH_ASSETS:
                 directory(p) if is_dir else p
                 for p, is_dir in (asset_output(n) for n in FETCH_ASSETS)
             ],
+            # tensors-only copies of files that need a full unpickle (OVSeg), made after the
+            # checksum is verified: the loaders read these, never the pickles
+            converted=converted_outputs(FETCH_ASSETS),
         params:
             assets=FETCH_ASSETS,
             dest_root=WEIGHTS,

@@ -72,7 +72,9 @@ rule train_deeplab:
         mem_mb=training_mem_mb(4000, 5000, {"batch_size": SEG.train.batch_size,
                                             "crop_size": SEG.train.crop}),
         # 24 h for the paper's 30k iterations, in proportion for fewer.
-        runtime=lambda wc, attempt: f"{max(15, 24 * 60 * SEG.train.iterations // 30000) * attempt}m",
+        runtime=lambda wc, attempt: runtime_limit(
+            max(15, 24 * 60 * SEG.train.iterations // 30000), attempt
+        ),
         gpu=gpus_for("train_deeplab"),
     script:
         "../scripts/train_deeplab.py"
@@ -102,7 +104,8 @@ rule predict_deeplab:
     threads: seg_predict_threads()
     resources:
         mem_mb=lambda wc, threads: 8000 + 1000 * threads,
-        runtime="6h",
+        # resumable: a retry after a time-out continues where it stopped
+        runtime=lambda wc, attempt: runtime_limit(6 * 60, attempt),
         gpu=gpus_for("predict_deeplab"),
     script:
         "../scripts/predict_deeplab.py"

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from qaclims.cam.export import export_cams
 from qaclims.cam.settings import ExportSettings
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 
 
 # Spawned DDP ranks re-import this file as __mp_main__: only the parent trains here.
@@ -24,7 +24,7 @@ def main() -> None:
         summary = export_cams(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.model,
             snakemake.output.cams, splits=p.splits, shard=p.shard, n_shards=p.n_shards,
-            settings=settings, device=pick_device(p.device),
+            settings=settings, device=job_device(snakemake),
         )
         logging.info("export_cams %s: %s", snakemake.wildcards.experiment, summary)
     except Exception:

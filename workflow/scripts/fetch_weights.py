@@ -3,8 +3,9 @@
 params: assets (list of registry names, e.g. ["blip_vqa_capfilt_large", "clip_vit_l14_openai",
         "ovseg_vitl14_mpt", "resnet50_imagenet"]), dest_root (default resources/weights),
         offline (bool: never download; report what is missing).
-output: the asset paths (``qaclims.vlp.weights.asset_path(name, dest_root)``; directories for
-        Hugging Face snapshots) - checked against what the registry says.
+output: the asset paths (``qaclims.vlp.weights.asset_outputs(asset, dest_root)``; directories for
+        Hugging Face snapshots; plus the tensors-only copies of files that need a full
+        unpickle) - checked against what the registry says.
 Runnable by hand too: ``python workflow/scripts/fetch_weights.py [--offline] NAME...``.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
-from qaclims.vlp.weights import asset_path, fetch_assets, main
+from qaclims.vlp.weights import asset_outputs, fetch_assets, get_asset, main
 
 if "snakemake" not in globals():  # run by hand
     sys.exit(main())
@@ -26,7 +27,7 @@ logging.basicConfig(
 )
 names = list(snakemake.params.assets)
 dest_root = Path(snakemake.params.get("dest_root", "resources/weights"))
-expected = {str(asset_path(n, dest_root)) for n in names}
+expected = {str(p) for n in names for p in asset_outputs(get_asset(n), dest_root)}
 declared = {str(Path(p)) for p in snakemake.output}
 if declared - expected:
     raise ValueError(f"outputs {sorted(declared - expected)} are not paths of assets {names} "

@@ -9,7 +9,7 @@ import _srcpath  # noqa: F401  (puts src/ on sys.path)
 # Before torch starts OpenMP (see train_deeplab.py): changes speed only.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.seg.pipeline import run_predict_deeplab
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     try:
         summary = run_predict_deeplab(
             snakemake.input.model, snakemake.input.manifest, p.split,
-            snakemake.output.predictions, predict=p.settings, device=pick_device(p.device),
+            snakemake.output.predictions, predict=p.settings, device=job_device(snakemake),
             threads=snakemake.threads, torch_threads=p.torch_threads,
         )
         logging.info("predict_deeplab %s/%s: %s", snakemake.wildcards.experiment, p.split,

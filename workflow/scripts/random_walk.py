@@ -14,7 +14,7 @@ import _srcpath  # noqa: F401  (puts src/ on sys.path)
 # share the cores; passive waiting changes no result, only speed.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.irn.pipeline import random_walk_shard
 from qaclims.irn.settings import RandomWalkSettings, resolve_thresholds
 
@@ -29,7 +29,7 @@ def main() -> None:
         summary = random_walk_shard(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
             snakemake.input.model, snakemake.output.masks, splits=p.splits, shard=p.shard,
-            n_shards=p.n_shards, settings=settings, device=pick_device(p.device),
+            n_shards=p.n_shards, settings=settings, device=job_device(snakemake),
             workers=settings.workers or snakemake.threads, torch_threads=p.torch_threads,
         )
         logging.info("random_walk %s: %s", snakemake.wildcards.experiment, summary)

@@ -5,7 +5,7 @@ import logging
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
 from qaclims.determinism import configure_torch
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.qape.text_features import build_text_features_file
 from qaclims.vlp.clip import load_clip
 
@@ -15,7 +15,7 @@ p = snakemake.params
 try:
     configure_torch(p.threads)
     clip = load_clip(p.clip["arch"], p.clip["pretrained"],
-                     mask_checkpoint=p.clip["mask_checkpoint"], device=pick_device(p.device))
+                     mask_checkpoint=p.clip["mask_checkpoint"], device=job_device(snakemake))
     counts = build_text_features_file(snakemake.input.corpus, snakemake.output.features,
                                       lambda texts: clip.encode_text(texts).float().cpu().numpy(),
                                       model_id=clip.model_id, prompt=p.prompt,

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from qaclims.cam.settings import CamTrainSettings
 from qaclims.cam.train_cam import train_cam
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 
 
 # Spawned DDP ranks re-import this file as __mp_main__: only the parent trains here.
@@ -24,7 +24,7 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = snakemake.params
     try:
-        device = pick_device(p.device)
+        device = job_device(snakemake)
         settings = CamTrainSettings.from_dict(p.settings)
         summary = train_cam(
             snakemake.input.manifest, snakemake.input.classes, snakemake.output.model,

@@ -15,7 +15,7 @@ import _srcpath  # noqa: F401  (puts src/ on sys.path)
 # share the cores; passive waiting changes no result, only speed.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.seg.pipeline import run_train_deeplab
 
 
@@ -27,7 +27,7 @@ def main() -> None:
         summary = run_train_deeplab(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.labels,
             snakemake.output.model, snakemake.output.curve, train=p.settings, split=p.split,
-            init=p.init, resume_dir=p.resume_dir, device=pick_device(p.device),
+            init=p.init, resume_dir=p.resume_dir, device=job_device(snakemake),
             world_size=p.world_size,
         )
         logging.info("train_deeplab %s: %s", snakemake.wildcards.experiment, summary)

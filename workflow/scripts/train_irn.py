@@ -13,7 +13,7 @@ import _srcpath  # noqa: F401  (puts src/ on sys.path)
 # share the cores; passive waiting changes no result, only speed.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.irn.settings import IrnTrainSettings
 from qaclims.irn.train_irn import train_irn
 
@@ -27,7 +27,7 @@ def main() -> None:
         summary = train_irn(
             snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
             snakemake.output.model, snakemake.output.curve, settings, split=p.split,
-            resume_root=p.resume_root, device=pick_device(p.device),
+            resume_root=p.resume_root, device=job_device(snakemake),
         )
         logging.info("train_irn %s: %s", snakemake.wildcards.experiment, summary)
     except Exception:

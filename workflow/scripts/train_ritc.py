@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from qaclims.cam.settings import RitcSettings
 from qaclims.cam.train_ritc import train_ritc
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 
 
 # Spawned DDP ranks re-import this file as __mp_main__: only the parent trains here.
@@ -25,7 +25,7 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = snakemake.params
     try:
-        device = pick_device(p.device)
+        device = job_device(snakemake)
         settings = RitcSettings.from_dict(p.settings)
         summary = train_ritc(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.corpus,

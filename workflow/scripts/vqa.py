@@ -10,7 +10,7 @@ import logging
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
 from qaclims.determinism import configure_torch
-from qaclims.devices import pick_device
+from qaclims.devices import job_device
 from qaclims.qape.answers import answer_shard_files
 from qaclims.qape.engine import load_vqa_engine
 
@@ -20,7 +20,7 @@ log = logging.getLogger("vqa")
 p = snakemake.params
 try:
     configure_torch(p.threads)
-    device = pick_device(p.device)
+    device = job_device(snakemake)
     engine, model_id = load_vqa_engine(
         p.vqa_source, device=device, dtype=p.vqa["dtype"], image_size=p.vqa["image_size"],
         num_beams=p.vqa["num_beams"], max_length=p.vqa["max_length"],

@@ -9,8 +9,10 @@ Resumable state lives *outside* the declared outputs, in ``<resume_root>/<hash>/
 ``hash`` is :func:`params_hash` of the settings and the input files' SHA-256. A rerun with the same
 params and inputs (after preemption, a kill, a node failure) continues from the last saved step;
 a change of any param or input gives another hash, so a stale state is never resumed. Writes are
-atomic (temp file + rename): a job killed while saving leaves the previous state intact.
-``params.json`` beside the state records what the hash stands for.
+atomic (temp file + rename) and keep the previous state as ``state.pt.prev``: a state that cannot
+be read (a disk that filled up) is named in the log and the previous one resumed
+(:mod:`qaclims.torch_io`). ``params.json`` beside the state records what the hash stands for.
+Every file is loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qaclims.store import atomic_path, save_torch, write_json
+from qaclims.torch_io import load_resumable, previous_path, safe_load, save_resumable
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +76,26 @@ class ResumeState:
         self.path = self.dir / STATE_FILE
         self._params = {"params": _canonical(dict(params)), "files": [str(f) for f in files]}
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state (``torch.load``, on CPU), or None when there is none yet."""
-        if not self.path.is_file():
-            return None
-        import torch
+    def exists(self) -> bool:
+        """A state (current or previous) is on disk."""
+        return self.path.is_file() or previous_path(self.path).is_file()
 
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        log.info("resuming from %s (step %s)", self.path, state.get("step"))
+    def load(self) -> dict[str, Any] | None:
+        """The newest readable saved state (on CPU), or None when there is none yet. Raises
+        :class:`~qaclims.torch_io.CheckpointError` naming the files when none can be read."""
+        found = load_resumable(self.path)
+        if found is None:
+            return None
+        state, path = found
+        log.info("resuming from %s (step %s)", path, state.get("step"))
         return state
 
     def save(self, state: Mapping[str, Any]) -> None:
-        """Write atomically (the previous state stays valid until the rename)."""
-
+        """Write beside the current state and rename (the previous one is kept as ``.prev``)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / PARAMS_FILE).is_file():
             write_json(self._params, self.dir / PARAMS_FILE)
-        with atomic_path(self.path) as tmp:
-            save_torch(dict(state), tmp)
+        save_resumable(dict(state), self.path)
 
     def clear(self) -> None:
         """Remove this run's state (after its outputs are written): checkpoints are large."""
@@ -132,14 +137,10 @@ def load_model_state(path: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     Accepts this project's files and the authors' plain state dicts (their alias keys and
     ``module.`` prefixes are dropped).
     """
-    import torch
-
     from qaclims.cam.networks import from_authors_state_dict
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = safe_load(path, "model file")
     if isinstance(obj, Mapping) and "state_dict" in obj and "arch" in obj:
         sd = dict(obj["state_dict"])
         # Files written before output_stride was a setting were all stride 16.

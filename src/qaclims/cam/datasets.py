@@ -29,11 +29,11 @@ from qaclims.cam.augment import TrainAugment
 
 
 def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """uint8 HxWx3 RGB image (grey and palette images converted)."""
-    from PIL import Image
+    """uint8 HxWx3 RGB image (grey and palette images converted); a bad file raises
+    :class:`~qaclims.data.images.ImageReadError` naming it."""
+    from qaclims.data.images import read_image
 
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return read_image(path)
 
 
 @dataclass

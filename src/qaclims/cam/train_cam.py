@@ -222,7 +222,7 @@ def _train_cam_rank(env: DistEnv, manifest: str, classes: str, split: str,
         resume = ResumeState(resume_root, hashed_params(settings, split=split, stage="train_cam"),
                              input_files(manifest, classes, weights_file))
     augment = train_augment(settings.resize_long, settings.crop_size, settings.hflip)
-    if settings.bn_calibration_batches and not (resume is not None and resume.path.is_file()):
+    if settings.bn_calibration_batches and not (resume is not None and resume.exists()):
         # every rank sees the same batches (a 1-rank sampler): identical statistics
         n_cal = min(settings.bn_calibration_batches, len(images) // settings.batch_size)
         cal = StepBatchSampler(len(images), settings.batch_size, n_cal, settings.seed + 1)

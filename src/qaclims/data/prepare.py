@@ -7,7 +7,8 @@ earlier manifest untouched. (COCO ground-truth masks are a cache outside ``out_d
 rendered after all checks passed, each atomically.)
 
 Bad images (missing, corrupt or truncated file; missing or broken annotation XML; COCO size that
-disagrees with the json; GT mask unreadable or of another size than its image):
+disagrees with the json; GT mask unreadable, of another size than its image, or with pixel
+values other than 0..K and 255):
 ``on_bad_image="error"`` raises one :class:`DatasetError` listing them all; ``"skip"`` warns
 (:class:`BadImageWarning`) per image, leaves it out and counts it by reason in stats.json.
 Structural problems (missing root or sub-directory, unknown class name) always raise.
@@ -104,7 +105,8 @@ def prepare_dataset(
              time.perf_counter() - t0)
 
     t1 = time.perf_counter()
-    kept, problems, to_render = _check(scan.candidates, check_images, workers)
+    kept, problems, to_render = _check(scan.candidates, check_images, workers,
+                                       n_classes=len(scan.classes))
     log.info("checked %d images (%s) in %.1f s: %d bad", len(scan.candidates),
              "full decode" if check_images else "headers only", time.perf_counter() - t1,
              len(problems))
@@ -142,7 +144,7 @@ def _workers(workers: int | None) -> int:
 
 
 def _check(
-    candidates: list[Candidate], decode: bool, workers: int | None,
+    candidates: list[Candidate], decode: bool, workers: int | None, *, n_classes: int,
 ) -> tuple[list[tuple[Candidate, ImageInfo]], list[tuple[Problem, list[str]]], list[Candidate]]:
     """Open every image (and GT mask); returns kept (candidate, size), problems, masks to render."""
 
@@ -159,7 +161,8 @@ def _check(
         render = False
         if cand.gt_path is not None:
             try:
-                check_label_png(cand.gt_path, hw, cand.image_path, decode=decode)
+                check_label_png(cand.gt_path, hw, cand.image_path, decode=decode,
+                                n_classes=n_classes)
             except BadFile:
                 if not cand.render_gt:
                     raise

@@ -38,7 +38,7 @@ from qaclims.data.synthetic_world import (
     TEMPLATE_GROUPS,
     ClassDef,
 )
-from qaclims.store import write_json, write_label_png
+from qaclims.store import temp_dir, write_json, write_label_png
 
 __all__ = [
     "CLASSES",
@@ -208,7 +208,7 @@ def staged_directory(root: Path):
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = temp_dir(root.parent, prefix=f".{root.name}.tmp-")
     try:
         yield tmp
         if root.exists():

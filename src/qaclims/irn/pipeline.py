@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from qaclims.irn.settings import IrLabelSettings, RandomWalkSettings
-from qaclims.store import read_label_png, write_json, write_label_png
+from qaclims.store import read_label_png, temp_dir, write_json, write_label_png
 
 __all__ = [
     "evaluate_ir_labels",
@@ -65,7 +64,7 @@ def staged_directory(target: PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it replaces ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = temp_dir(target.parent, prefix=f".{target.name}.tmp-")
     try:
         yield tmp
         if target.exists():

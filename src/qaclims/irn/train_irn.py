@@ -66,10 +66,10 @@ def load_irn_network(path: PathLike) -> tuple[EdgeDisplacementNet, dict[str, Any
     ``res50_irn.pth`` (a plain state dict on ResNet-50). Returns ``(net, info)``."""
     import torchvision
 
+    from qaclims.torch_io import safe_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"IRN model file {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = safe_load(path, "IRN model file")
     if isinstance(obj, Mapping) and "state_dict" in obj and "arch" in obj:
         if obj.get("stage") != STAGE:
             raise ValueError(f"{path}: a model of stage {obj.get('stage')!r}, expected an IRN "

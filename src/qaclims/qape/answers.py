@@ -20,7 +20,6 @@ class id, then template order - the ``answers/{shard}.parquet`` contract.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from qaclims.data.images import ImageReadError
 from qaclims.qape.answer_cache import AnswerCache, image_digest
 from qaclims.qape.lemmatize import get_lemmatizer
 from qaclims.qape.questions import QuestionSet
@@ -72,12 +72,11 @@ def image_paths(manifest: pd.DataFrame, image_root: str | os.PathLike[str] | Non
     return out
 
 
-def _decode(data: bytes) -> Any:
-    from PIL import Image
+def _decode(data: bytes, path: Path) -> Any:
+    """Fully decoded RGB image (the bytes were read once for the cache digest too)."""
+    from qaclims.data.images import open_image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()  # force a full decode: truncated files fail here, not inside the engine
-    return img.convert("RGB")
+    return open_image(path, data=data)
 
 
 def answer_shard(
@@ -152,9 +151,10 @@ def answer_shard(
             if not misses:
                 continue
             try:
-                image = _decode(data)
-            except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-                bad(image_id, f"cannot decode image: {type(err).__name__}: {err}")
+                image = _decode(data, paths[image_id])
+            except ImageReadError as err:
+                cause = err.__cause__ or err  # the message already names the file
+                bad(image_id, f"cannot decode image: {type(cause).__name__}: {cause}")
                 continue
             yield image_id, image, misses
 

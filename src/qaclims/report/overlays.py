@@ -67,10 +67,9 @@ def find_mask(mask_dirs: Sequence[PathLike], image_id: str) -> Path | None:
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
-    from PIL import Image
+    from qaclims.data.images import read_image
 
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return read_image(path).astype(np.float32) / 255.0
 
 
 def heat_overlay(image: np.ndarray, cams: np.ndarray, alpha: float = 0.5) -> np.ndarray:

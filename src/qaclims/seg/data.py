@@ -4,7 +4,8 @@
 ``{label_dir}/{image_id}.png`` (pseudo masks from the IRN stage, or ground truth), augmented
 exactly as CLIMS ``segmentation/deeplabv2/libs/datasets/base.py`` does (method.md 10):
 
-1. read the image with cv2 as float32 **BGR** (grey images become 3-channel);
+1. read the image (fully decoded by :func:`qaclims.data.images.read_image`; the authors use
+   cv2) as float32 **BGR** (grey images become 3-channel);
 2. pick a scale from ``scales``; resize to ``(int(h*s), int(w*s))`` - image cv2 bilinear, label
    PIL nearest;
 3. pad bottom/right up to ``crop`` - image with the mean BGR colour, label with 255 (ignore);
@@ -78,13 +79,12 @@ def rows_for_split(manifest: Any, split: str) -> Any:
 
 
 def read_bgr(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as float32 BGR [H, W, 3] (cv2, as the authors read it)."""
-    import cv2
+    """An image file as float32 BGR [H, W, 3] (the authors' channel order). Decoded by the
+    project's one reader, not ``cv2.imread``: that fills a truncated JPEG with grey and goes on;
+    this raises :class:`~qaclims.data.images.ImageReadError` naming the file."""
+    from qaclims.data.images import read_image
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot read image {path} (missing or not an image)")
-    return img.astype(np.float32)
+    return read_image(path)[:, :, ::-1].astype(np.float32)
 
 
 def augment(

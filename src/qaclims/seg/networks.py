@@ -316,7 +316,9 @@ def _short(items: Sequence[str], n: int = 8) -> str:
 
 
 def _read_state(path: Path) -> dict[str, Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from qaclims.torch_io import safe_load
+
+    state = safe_load(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -432,13 +434,10 @@ def load_deeplab_checkpoint(path: str | os.PathLike[str],
     ``checkpoint_30000.pth``) is accepted too: caffe layout, depth (ResNet-50/101) from the block
     counts, every key must load.
     """
+    from qaclims.torch_io import safe_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepLab checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from err
+    payload = safe_load(path, "DeepLab checkpoint")
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than "

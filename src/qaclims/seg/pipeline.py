@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qaclims.store import atomic_path, write_json
+from qaclims.store import atomic_path, temp_dir, write_json
 
 PathLike = str | os.PathLike[str]
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def gather_training_labels(manifest: PathLike | Any, split: str, out_dir: PathLi
                                 f"{what}, e.g. {', '.join(missing[:5])}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
         for image_id in ids:
             shutil.copyfile(sources[image_id], tmp / f"{image_id}.png")
@@ -150,11 +149,10 @@ def run_train_deeplab(manifest: PathLike, classes: PathLike, label_dir: PathLike
 def checkpoint_input(path: PathLike) -> tuple[tuple[float, float, float], str]:
     """``(mean_bgr, input_norm)`` the model was trained with (its checkpoint's meta; files
     without them: the authors' mean and caffe-style input)."""
-    import torch
-
     from qaclims.seg.predict import MEAN_BGR
+    from qaclims.torch_io import safe_load
 
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    payload = safe_load(path, "DeepLab checkpoint")
     meta = (payload.get("meta") if isinstance(payload, dict) else None) or {}
     mean = (meta.get("settings") or {}).get("mean_bgr")
     mean_bgr = tuple(float(m) for m in mean) if mean else MEAN_BGR
@@ -166,8 +164,18 @@ def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
                         threads: int = 1, torch_threads: int | None = None) -> dict[str, Any]:
     """Label PNGs of every image of ``split`` with the trained model (``seg.predict``
     settings ``predict``). The CRF runs in ``crf_workers`` processes (None: ``threads``; one
-    thread: in this process); the network with ``torch_threads`` (None: ``threads``)."""
+    thread: in this process); the network with ``torch_threads`` (None: ``threads``).
+
+    Resumable: the PNGs go to ``.{out_dir name}.partial/<hash>/`` beside ``out_dir`` (not a
+    declared output, so Snakemake does not delete it when a job is killed or preempted), where
+    ``hash`` covers the model file's bytes, the split and the settings; a rerun predicts only
+    the images not there yet, and the finished folder is renamed to ``out_dir``.
+    """
+    import hashlib
+    import json
+
     from qaclims.determinism import configure_torch
+    from qaclims.provenance import file_sha256
     from qaclims.seg.networks import load_deeplab_checkpoint
     from qaclims.seg.predict import predict_split
     from qaclims.seg.settings import SegPredictSettings
@@ -181,8 +189,19 @@ def run_predict_deeplab(model_path: PathLike, manifest: PathLike, split: str,
     log.info("predicting %r with %s (MSC scales 1 + %s, flip %s, CRF %s)", split, model_path,
              list(model.scales), s.flip, s.crf_params if s.crf else "off")
     mean_bgr, input_norm = checkpoint_input(model_path)
-    return predict_split(model, manifest, split, out_dir, flip=s.flip, crf=s.crf_config(),
-                         mean_bgr=mean_bgr, input_norm=input_norm, crf_workers=workers, log=log)
+    out_dir = Path(out_dir)
+    key = json.dumps({"model": file_sha256(model_path), "split": split,
+                      "predict": dict(predict)}, sort_keys=True, default=str)
+    partial_root = out_dir.parent / f".{out_dir.name}.partial"
+    partial = partial_root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    summary = predict_split(model, manifest, split, partial, flip=s.flip, crf=s.crf_config(),
+                            mean_bgr=mean_bgr, input_norm=input_norm, crf_workers=workers,
+                            skip_existing=True, log=log)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    shutil.rmtree(partial_root, ignore_errors=True)  # states of other settings are stale now
+    return summary
 
 
 def run_voc_test_submission(manifest: PathLike, split: str, pred_dir: PathLike,

@@ -145,13 +145,11 @@ def predict_image(model: Any, image_uint8: np.ndarray, *, flip: bool = False,
 
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as uint8 RGB (cv2 decoder, as training reads it)."""
-    import cv2
+    """An image file as uint8 RGB (the reader training uses; a bad file raises
+    :class:`~qaclims.data.images.ImageReadError` naming it)."""
+    from qaclims.data.images import read_image
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {path} (missing or not an image)")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return read_image(path)
 
 
 def _crf_and_write(image_rgb: np.ndarray, probs: np.ndarray, params: CrfParams,
@@ -173,12 +171,15 @@ def predict_split(
     input_norm: str = "caffe",
     image_ids: Iterable[str] | None = None,
     crf_workers: int = 0,
+    skip_existing: bool = False,
     log: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """Write ``{out_dir}/{image_id}.png`` for every image of ``split`` (or of ``image_ids``, a
     subset of it - one shard of a parallel job). Returns counts and timings.
 
     ``crf_workers > 0`` runs the CRF in that many processes while the model goes on.
+    ``skip_existing``: images whose PNG is already in ``out_dir`` are not predicted again (each
+    PNG is written atomically, so one that exists is complete): an interrupted run resumes.
     """
     from qaclims.seg.data import rows_for_split
 
@@ -193,6 +194,13 @@ def predict_split(
         rows = rows[rows["image_id"].isin(set(wanted))].reset_index(drop=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    n_total = len(rows)
+    if skip_existing:
+        done = rows["image_id"].map(lambda i: (out_dir / f"{i}.png").is_file())
+        if done.any():
+            log.info("%d of %d predictions already in %s: resuming", int(done.sum()), n_total,
+                     out_dir)
+        rows = rows[~done].reset_index(drop=True)
     t0 = time.perf_counter()
     pool = ProcessPoolExecutor(crf_workers) if crf is not None and crf_workers > 0 else None
     pending: set[Future] = set()
@@ -226,7 +234,7 @@ def predict_split(
             pool.shutdown(cancel_futures=True)
     seconds = time.perf_counter() - t0
     log.info("wrote %d label PNGs to %s in %.1f s", len(rows), out_dir, seconds)
-    return {"n_images": len(rows), "seconds": seconds, "flip": flip,
+    return {"n_images": n_total, "n_predicted": len(rows), "seconds": seconds, "flip": flip,
             "crf": None if crf is None else vars(crf)}
 
 

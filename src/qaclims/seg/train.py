@@ -6,8 +6,10 @@ then one SGD step; the lr follows the step-wise poly schedule of :mod:`qaclims.s
 
 Resuming. Every ``save_every`` iterations the model, the optimiser (momentum buffers), the
 iteration, the loss curve and the torch/numpy/python RNG states go to ``{resume_dir}/state.pt``
-(atomically), tagged with a hash of every setting that changes the result plus the init weights'
-and the training labels' checksums. A later call with the same hash continues from there; the
+(beside the previous one, then renamed; the previous is kept as ``state.pt.prev`` and resumed
+when the newer cannot be read - none readable is an error naming the files, not a silent restart),
+tagged with a hash of every setting that changes the result plus the init weights' and the
+training labels' checksums. A later call with the same hash continues from there; the
 data stream is a function of the iteration (:class:`~qaclims.seg.data.DrawBatchSampler`) and the
 lr a function of the iteration, so an interrupted and resumed run ends with the same weights as an
 uninterrupted one. A different hash starts from scratch, says so in the log, and replaces the
@@ -55,9 +57,10 @@ from qaclims.seg.networks import (
     save_deeplab_checkpoint,
 )
 from qaclims.seg.optim import make_optimizer, set_poly_lr
+from qaclims.torch_io import load_resumable, rng_state, save_resumable, set_rng_state
 
 STATE_FILE = "state.pt"
-STATE_FORMAT = "qaclims.deeplab.resume/1"
+STATE_FORMAT = "qaclims.deeplab.resume/2"  # 2: RNG states in weights-only types
 
 
 @dataclass(frozen=True)
@@ -211,49 +214,29 @@ def _device(name: str) -> torch.device:
 
 
 # -- resume state -------------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _save_state(resume_dir: Path, *, digest: str, iteration: int, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, curve: Sequence[float],
                 settings: DeepLabSettings) -> None:
     from qaclims.seg.networks import unwrap
-    from qaclims.store import atomic_path, save_torch, write_json
+    from qaclims.store import write_json
 
     payload = {
         "format": STATE_FORMAT, "hash": digest, "iteration": iteration,
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-        "loss_curve": list(curve), "rng": _rng_state(),
+        "loss_curve": list(curve), "rng": rng_state(),
     }
-    with atomic_path(resume_dir / STATE_FILE) as tmp:
-        save_torch(payload, tmp)
+    save_resumable(payload, resume_dir / STATE_FILE)
     write_json({"hash": digest, "iteration": iteration, "settings": settings.to_dict()},
                resume_dir / "state.json")
 
 
 def _load_state(resume_dir: Path, digest: str, log: logging.Logger) -> dict[str, Any] | None:
-    path = resume_dir / STATE_FILE
-    if not path.is_file():
+    # An unreadable state falls back to the previous one; when none can be read the error names
+    # the files (a silent restart from zero would throw away hours of training unnoticed).
+    found = load_resumable(resume_dir / STATE_FILE, "DeepLab resume state")
+    if found is None:
         return None
-    try:
-        # the RNG states hold numpy arrays and tuples: not loadable with weights_only
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a state we cannot read is no reason to stop training
-        log.warning("resume state %s unreadable (%s): starting fresh", path, err)
-        return None
+    state, path = found
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         log.warning("resume state %s has an unknown format: starting fresh", path)
         return None
@@ -327,7 +310,7 @@ def train_deeplab(
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start, curve = int(state["iteration"]), list(state["loss_curve"])
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             log.info("resumed from %s at iteration %d", state_dir / STATE_FILE, start)
             del state
 

@@ -44,7 +44,6 @@ from torch import nn
 from qaclims.vlp.tokenizers import WordTokenizer
 from qaclims.vlp.weights import (
     WeightsMissingError,
-    file_sha256,
     files_sha256,
     find_asset_for_path,
 )
@@ -308,18 +307,32 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
-def _torch_load_trusted(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True``; falls back to a full unpickle (logged) for
-    checkpoints with non-tensor objects (detectron2 checkpoints may hold numpy arrays)."""
-    import pickle
+def _load_mask_checkpoint(path: Path) -> Any:
+    """The mask checkpoint, read weights-only: its tensors-only copy when ``fetch_weights`` made
+    one (the OVSeg file pickles numpy arrays and is never fully unpickled here), else the file.
+    A file that would need a full unpickle is refused with how to convert it."""
+    from qaclims.torch_io import UnsafeCheckpointError, safe_load
+    from qaclims.vlp.weights import converted_path, read_sidecar
 
+    converted = converted_path(path)
+    if converted.is_file():
+        ckpt = safe_load(converted, "converted mask checkpoint")
+        recorded = read_sidecar(path).get(path.name)
+        if recorded is not None and ckpt.get("source_sha256") != recorded:
+            raise ValueError(
+                f"{converted} was made from another {path.name} (sha256 "
+                f"{ckpt.get('source_sha256')}, the file's sidecar says {recorded}): rerun "
+                "fetch_weights to convert it again")
+        return ckpt
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        log.warning("%s needs a full unpickle (weights_only load failed: %s); loading it as a "
-                    "trusted file - its sha256 is %s", path, str(e).splitlines()[0],
-                    file_sha256(path))
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_load(path, "mask checkpoint")
+    except UnsafeCheckpointError as err:
+        asset = find_asset_for_path(path)
+        how = (f"`python -m qaclims.vlp.weights {asset.name}` or the fetch_weights rule"
+               if asset else "qaclims.vlp.weights.convert_asset")
+        raise UnsafeCheckpointError(
+            f"{err} Convert it once with {how}: it verifies the checksum, then writes the "
+            f"tensors-only {converted} that this loader reads.") from None
 
 
 def _resolve_pretrained(arch_name: str, pretrained: str) -> tuple[Path, bool]:
@@ -388,7 +401,7 @@ def load_ovseg_clip_weights(model: nn.Module, path: str | os.PathLike[str], *,
         asset = find_asset_for_path(path)
         hint = (f" It is asset {asset.name!r}: {asset.how_to_get(path)}.") if asset else ""
         raise WeightsMissingError(f"mask checkpoint {path} does not exist.{hint}")
-    ckpt = _torch_load_trusted(path)
+    ckpt = _load_mask_checkpoint(path)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict with a 'model' state dict")

@@ -24,12 +24,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qaclims.store import temp_dir
 from qaclims.vlp.blip import QUESTION_MAX_LENGTH, resolve_enc_token_id, tokenize_questions
 from qaclims.vlp.tokenizers import WordTokenizer
 
@@ -166,7 +166,7 @@ def save_toy_blip_vqa(model: Any, processor: Any, out_dir: PathLike) -> Path:
     """``save_pretrained`` model + processor into ``out_dir`` atomically (temp dir + rename)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir(out.parent, prefix=f".{out.name}.")
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

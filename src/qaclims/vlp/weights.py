@@ -12,7 +12,13 @@ checkpoint on Google Drive) is trusted on first use: its hash is recorded in a `
 sidecar (``sha256sum`` format) and every later check compares against the sidecar. A directory
 asset (a Hugging Face snapshot) records one sidecar ``<dir>.sha256`` listing each file's hash.
 
-This module is light on purpose (no torch, no transformers): the loaders import it for
+Unsafe pickles. Every loader reads checkpoints with ``torch.load(weights_only=True)``
+(:mod:`qaclims.torch_io`). A third-party file that needs a full unpickle (the OVSeg detectron2
+checkpoint holds numpy arrays) is converted once, right after its checksum is verified, into a
+tensors-only ``<stem>.tensors.pt`` beside it (:func:`convert_asset`): the one place a full
+unpickle runs, and only on a file whose hash matched.
+
+This module is light on purpose (no torch, no transformers at import): the loaders import it for
 :class:`WeightsMissingError` and :func:`file_sha256`, and the fetch rule runs without a GPU stack.
 """
 
@@ -25,12 +31,13 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from qaclims.store import temp_dir, temp_file
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,9 @@ class Asset:
     allow_patterns: tuple[str, ...] = ()
     revision: str | None = None
     aliases: tuple[str, ...] = field(default=())
+    #: A file that needs a full unpickle: :func:`fetch_assets` writes a tensors-only copy
+    #: (:func:`converted_path`) after verifying its checksum, and the loaders read that copy.
+    convert_to_tensors: bool = False
 
     def path(self, root: PathLike = DEFAULT_WEIGHTS_ROOT) -> Path:
         return Path(root) / self.relpath
@@ -156,6 +166,7 @@ REGISTRY: dict[str, Asset] = {
             ),
             description="OVSeg Swin-B + mask-prompt-tuned CLIP ViT-L/14 (method.md 6.3, 14.3)",
             size_hint=">1 GB",
+            convert_to_tensors=True,  # detectron2 pickles numpy arrays
         ),
         Asset(
             name="resnet50_imagenet",
@@ -269,8 +280,8 @@ def read_sidecar(path: PathLike) -> dict[str, str]:
 
 def write_sidecar(path: PathLike, hashes: dict[str, str]) -> None:
     sc = sidecar_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{sc.name}.", dir=sc.parent)
-    with os.fdopen(fd, "w") as f:
+    tmp = temp_file(sc.parent, prefix=f".{sc.name}.")
+    with open(tmp, "w") as f:
         for name in sorted(hashes):
             f.write(f"{hashes[name]}  {name}\n")
     os.replace(tmp, sc)
@@ -361,11 +372,10 @@ def download_url(url: str, dest: PathLike, *, asset: Asset | None = None, timeou
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    tmp = temp_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             while block := resp.read(1 << 22):
                 h.update(block)
                 out.write(block)
@@ -389,7 +399,7 @@ def download_hf_snapshot(asset: Asset, dest: PathLike) -> Path:
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = temp_dir(dest.parent, prefix=f".{dest.name}.")
     try:
         snapshot_download(
             repo_id=asset.source, revision=asset.revision, local_dir=tmp,
@@ -477,6 +487,7 @@ def fetch_assets(
                 log.error("%s", reason)
             else:
                 log.info("%s: present and verified at %s", asset.name, dest)
+                convert_asset(asset, dest_root)
                 continue
         elif asset.is_dir and dest.exists():
             reason = f"{dest} is incomplete: no {', '.join(_missing_required(asset, dest))}"
@@ -491,6 +502,7 @@ def fetch_assets(
         try:
             _download(asset, dest)
             verify_asset(asset, dest_root)
+            convert_asset(asset, dest_root)
         except Exception as e:  # checksum, network and hub errors, HTTP 404, ...
             log.error("%s: download failed: %s", asset.name, e)
             if isinstance(e, ChecksumMismatchError) and dest.exists():
@@ -504,6 +516,59 @@ def fetch_assets(
             "and rerun."
         )
     return paths
+
+
+def converted_path(path: PathLike) -> Path:
+    """The tensors-only copy of a file that needs a full unpickle (``x.pth`` -> ``x.tensors.pt``).
+    """
+    p = Path(path)
+    return p.with_name(p.stem + ".tensors.pt")
+
+
+def asset_outputs(asset: Asset, root: PathLike = DEFAULT_WEIGHTS_ROOT) -> list[Path]:
+    """The files :func:`fetch_assets` leaves for ``asset``: its path, plus the converted copy."""
+    path = asset.path(root)
+    return [path, converted_path(path)] if asset.convert_to_tensors else [path]
+
+
+def convert_asset(asset: Asset, root: PathLike = DEFAULT_WEIGHTS_ROOT) -> Path | None:
+    """Write the tensors-only copy of a verified asset (``convert_to_tensors``); None for others.
+
+    Call only after :func:`verify_asset` passed: this is the one full unpickle in the project,
+    and the checksum is what makes the file trusted. The copy holds ``{"model": {key: tensor}
+    (numpy arrays become tensors, other values are dropped), "source_sha256"}``; it is rewritten
+    when the verified file's hash (from its sidecar) differs from the one it records.
+    """
+    if not asset.convert_to_tensors:
+        return None
+    import numpy as np
+    import torch
+
+    from qaclims.store import atomic_path, save_torch
+
+    src = asset.path(root)
+    sha = read_sidecar(src).get(src.name) or file_sha256(src)
+    out = converted_path(src)
+    if out.is_file():
+        from qaclims.torch_io import CheckpointError, safe_load
+
+        try:
+            if safe_load(out, "converted weights").get("source_sha256") == sha:
+                return out
+        except CheckpointError as err:
+            log.warning("%s; converting again", err)
+    log.info("%s: converting %s (sha256 %s, verified) to tensors-only %s", asset.name, src, sha,
+             out)
+    obj = torch.load(src, map_location="cpu", weights_only=False)  # verified above
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{src}: expected a dict (with a 'model' state dict), got "
+                         f"{type(obj).__name__}")
+    tensors = {str(k): torch.as_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
+               for k, v in state.items() if isinstance(v, np.ndarray | torch.Tensor)}
+    with atomic_path(out) as tmp:
+        save_torch({"model": tensors, "source_sha256": sha}, tmp)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from qaclims.compare_runs import compare_trees
 from qaclims.data.manifest import read_classes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,19 @@ def test_tiny_run_produces_dataset_contract(tiny_run: Path) -> None:
     assert [c.id for c in classes] == list(range(1, len(classes) + 1))
     stats = json.loads((data / "stats.json").read_text())
     assert stats  # content checked by the data-stage unit tests
+
+
+@pytest.mark.slow
+def test_a_second_run_on_one_core_gives_the_same_bits(tiny_run: Path, tmp_path_factory) -> None:
+    """Same commit and config in a fresh folder with --cores 1 instead of 2: every artifact
+    (toy weights, answers, CAMs, masks, model files, metrics, tables) is identical; only
+    timings, logs and provenance sidecars may differ. Runs before the tests that edit tiny_run."""
+    again = tmp_path_factory.mktemp("tiny_again")
+    snakemake(again, "--cores", "1")
+    diffs = compare_trees(tiny_run, again)
+    assert not diffs, "\n".join(f"{d.path}: {d.detail}" for d in diffs[:5])
+    table = "results/tiny/summary/miou_table.json"
+    assert (tiny_run / table).read_bytes() == (again / table).read_bytes()
 
 
 @pytest.mark.slow
@@ -171,6 +185,27 @@ def test_editing_one_template_asks_one_question_per_pair(tiny_run: Path) -> None
     answers = pd.concat(pd.read_parquet(p) for p in
                         (tiny_run / "results" / "tiny" / "qape" / "answers").glob("*.parquet"))
     assert (answers["question"].str.startswith("What else is this")).sum() == pairs
+
+
+def test_seeds_target_runs_every_training_stage_per_seed(tmp_path: Path) -> None:
+    """`snakemake seeds` with seeds [0, 2]: the baseline, qa_clims, their IRN and the DeepLabs
+    run once per seed offset (seeded runs named '-seed2'); data, answers and toy models once."""
+    cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    cfg["seeds"] = [0, 2]
+    cfg["seg"]["experiments"] = ["baseline", "qa_clims", "gt"]
+    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "seeds.yaml"), "-n", "seeds", "--quiet", "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = {m.group(1): int(m.group(2))
+              for m in re.finditer(r"(?m)^(\w+)\s+(\d+)$", proc.stdout + proc.stderr)}
+    assert counts["train_cam"] == 2 and counts["train_ritc"] == 2
+    assert counts["train_irn"] == 4 and counts["train_deeplab"] == 6  # baseline, qa_clims, gt
+    assert counts["vqa"] == 2 and counts["train_toy_clip"] == 1 and counts["seed_table"] == 1
+    plan = subprocess.run([*cmd[:-3], "-n", "seeds", "--quiet", "reason"] , capture_output=True,
+                          text=True, timeout=600)
+    assert "results/tiny/qa_clims-seed2/ritc/model.pth" in plan.stdout + plan.stderr
 
 
 def test_ablations_are_one_target_sharing_the_answers(tmp_path: Path) -> None:

@@ -29,3 +29,16 @@ def test_summary_shows_dataset_and_qape_tables(tmp_path: Path) -> None:
     assert "water:7" in text and "sailboat:3" in text
     assert "1 of 2 (image, class) pairs used, 1 without background text" in text
     assert "Not produced yet" not in text
+
+
+def test_summary_puts_the_most_expensive_rule_first(tmp_path: Path) -> None:
+    bench = tmp_path / "benchmarks"
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, s in [("vqa/0.tsv", 30.0), ("vqa/1.tsv", 30.0), ("baseline/train_cam.tsv", 240.0),
+                   ("qa_clims/export_cams/0.tsv", 120.0)]:
+        (bench / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bench / rel).write_text(header + f"{s}\t0:00:00\t100\t1\t1\t1\t0\t0\t1\t{s}\n")
+    text = summarise(tmp_path)
+    lines = text[text.index("Job wall time per rule (7.0 min over 4"):].splitlines()
+    assert [ln.split()[0] for ln in lines[3:6]] == ["train_cam", "export_cams", "vqa"]
+    assert lines[5].split()[1:4] == ["2", "1.0", "14%"]

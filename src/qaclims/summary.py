@@ -90,6 +90,25 @@ def qape_section(results: Path) -> str | None:
     return "\n".join(out)
 
 
+def runtime_section(results: Path, toy: Path | None = None) -> str | None:
+    """Wall time per rule from the benchmark files, the most expensive rule first."""
+    from qaclims.report.tables import read_benchmarks, runtime_summary
+
+    roots = [results / "benchmarks"] + ([toy / "benchmarks"] if toy is not None else [])
+    bench = read_benchmarks(roots)
+    if bench.empty:
+        return None
+    summary = runtime_summary(bench)
+    total = float(summary["total_s"].sum())
+    rows = [[r.rule, r.jobs, f"{r.total_s / 60:.1f}", f"{100 * r.total_s / total:.0f}%",
+             f"{r.max_s / 60:.1f}"] for r in summary.itertuples()]
+    return "\n".join([
+        f"Job wall time per rule ({total / 60:.1f} min over {len(bench)} benchmarked jobs; "
+        "jobs run side by side where cores allow)",
+        _table(rows, ["rule", "jobs", "total min", "share", "longest job min"]),
+    ])
+
+
 SECTIONS: dict[str, tuple[str, Callable[[Path], str | None]]] = {
     "dataset": ("data/stats.json", dataset_section),
     "qape": ("qape/corpus_stats.json", qape_section),
@@ -110,6 +129,9 @@ def summarise(results: Path, toy: Path | None = None) -> str:
             missing.append(f"{name} ({results / artifact})")
         else:
             parts.append(text)
+    runtimes = runtime_section(results, toy)
+    if runtimes is not None:
+        parts.append(runtimes)
     if missing:
         parts.append("Not produced yet: " + ", ".join(missing))
     return "\n\n".join(parts)

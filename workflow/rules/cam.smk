@@ -116,6 +116,8 @@ rule export_cams:
         device=COMPUTE["device"],
     log:
         f"{LOGS}/{{experiment}}/export_cams/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/export_cams/{{shard}}.tsv"
     conda:
         CONDA_ENV
     threads: torch_threads(CAM["export"].get("threads"))
@@ -144,6 +146,8 @@ rule search_threshold:
         f"{DATASET['splits']['cam_eval']}",
     log:
         f"{LOGS}/{{experiment}}/search_threshold.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/search_threshold.tsv"
     conda:
         CONDA_ENV
     threads: 1

@@ -132,6 +132,8 @@ rule eval_ir_labels:
         settings=irn_params(IRN_LABELS),
     log:
         f"{LOGS}/{{experiment}}/irn/eval_ir_labels.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/irn/eval_ir_labels.tsv"
     conda:
         CONDA_ENV
     threads: 1
@@ -159,6 +161,8 @@ rule eval_pseudo_masks:
         settings=irn_params(IRN_WALK),
     log:
         f"{LOGS}/{{experiment}}/irn/eval_pseudo_masks.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/irn/eval_pseudo_masks.tsv"
     conda:
         CONDA_ENV
     threads: 1

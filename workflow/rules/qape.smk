@@ -72,6 +72,8 @@ rule text_features:
         threads=TORCH_THREADS,
     log:
         f"{LOGS}/text_features.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/text_features.tsv"
     conda:
         CONDA_ENV
     threads: TORCH_THREADS

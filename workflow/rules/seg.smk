@@ -32,6 +32,8 @@ rule deeplab_labels:
         ground_truth=lambda wc: SEG.trains_on_gt(experiment_of(wc.experiment)),
     log:
         f"{LOGS}/{{experiment}}/deeplab/deeplab_labels.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/deeplab/deeplab_labels.tsv"
     conda:
         CONDA_ENV
     threads: 1
@@ -125,6 +127,8 @@ rule eval_deeplab:
         settings=seg_predict_params(),
     log:
         f"{LOGS}/{{experiment}}/deeplab/eval_deeplab.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/deeplab/eval_deeplab.tsv"
     conda:
         CONDA_ENV
     threads: 1

@@ -246,12 +246,14 @@ class DrawBatchSampler(Sampler):
 
 
 def training_data_fingerprint(dataset: SegTrainDataset) -> str:
-    """SHA-256 over (image id, image path, label file content) of every training image.
+    """SHA-256 over (image id, image file name, label file content) of every training image.
 
-    Part of the resume guard: regenerated pseudo masks under the same names change it.
+    Part of the resume guard: regenerated pseudo masks under the same names change it. The
+    image's folder is left out: the same data in another clone or mount gives the same hash
+    (it is recorded in the model file, which two runs of one commit must write identically).
     """
     h = hashlib.sha256()
     for image_id, path in zip(dataset.image_ids, dataset.image_paths, strict=True):
         digest = hashlib.sha256(dataset.label_path(image_id).read_bytes()).hexdigest()
-        h.update(f"{image_id}\t{path}\t{digest}\n".encode())
+        h.update(f"{image_id}\t{Path(path).name}\t{digest}\n".encode())
     return h.hexdigest()

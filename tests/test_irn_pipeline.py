@@ -24,7 +24,9 @@ from qaclims.irn.pipeline import (
     evaluate_pseudo_masks,
     ir_labels_shard,
     label_files,
+    pseudo_masks_from_walks,
     random_walk_shard,
+    search_walk_threshold,
     shard_rows,
 )
 from qaclims.irn.settings import (
@@ -442,3 +444,79 @@ def test_images_without_classes_get_background_without_a_cam(inputs, tmp_path):
                     splits=["train", "train_unlabelled"], shard=0, n_shards=N_SHARDS)
     assert not read_label_png(ir / f"{no_keys}.png").any()
     assert not read_label_png(ir / f"{unlabelled}.png").any()
+
+
+# ---------------------------------------------------------------------------- walk files
+
+
+@pytest.fixture(scope="module")
+def walks(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("walks")
+    for s in range(N_SHARDS):
+        _rw(inputs, None, s, walk_out=out / f"{s}.h5", workers=2 if s else 1)
+    return [out / f"{s}.h5" for s in range(N_SHARDS)]
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.35])
+def test_masks_from_walk_files_equal_the_direct_masks(inputs, walks, tmp_path, threshold):
+    data, _, _, _ = inputs
+    for s in range(N_SHARDS):
+        _rw(inputs, tmp_path / f"direct/{s}", s,
+            settings=RandomWalkSettings(bg_threshold=threshold))
+        summary = pseudo_masks_from_walks(data / "manifest.parquet", data / "classes.json", walks,
+                                          tmp_path / f"later/{s}", splits=SPLITS,
+                                          bg_threshold=threshold, shard=s, n_shards=N_SHARDS)
+        a, b = label_files(tmp_path / f"direct/{s}"), label_files(tmp_path / f"later/{s}")
+        assert a.keys() == b.keys() and summary["n_images"] == len(a) > 1
+        # float16 walk files: a pixel may only flip where its map is within 1e-3 of the threshold
+        for k in a:
+            x, y = read_label_png(a[k]), read_label_png(b[k])
+            assert (x != y).mean() < 0.01, k
+
+
+def test_walk_threshold_search_scores_the_masks_it_would_write(inputs, walks, tmp_path):
+    data, _, _, _ = inputs
+    grid = [round(0.05 * i, 2) for i in range(1, 19)]
+    out = search_walk_threshold(data / "manifest.parquet", data / "classes.json", walks,
+                                tmp_path / "wt.json", split="train", thresholds=grid,
+                                fixed_threshold=0.2)
+    assert json.loads((tmp_path / "wt.json").read_text())["best_threshold"] == out["best_threshold"]
+    assert out["stage"] == "walk_threshold" and out["n_images"] == 8
+    assert out["best_miou"] >= out["miou_at_fixed"] and out["best_miou"] == max(out["miou"])
+    # the masks written at the best threshold score exactly the searched mIoU
+    best = out["best_threshold"]
+    for s in range(N_SHARDS):
+        pseudo_masks_from_walks(data / "manifest.parquet", data / "classes.json", walks,
+                                tmp_path / f"m/{s}", splits=SPLITS, bg_threshold=best, shard=s,
+                                n_shards=N_SHARDS)
+    scored = evaluate_pseudo_masks(data / "manifest.parquet", data / "classes.json",
+                                   [tmp_path / "m/0", tmp_path / "m/1"], tmp_path / "pm.json",
+                                   split="train")
+    assert scored["miou"] == pytest.approx(out["best_miou"])
+
+
+def test_walk_file_rejects_a_wrong_map_size(tmp_path):
+    from qaclims.irn.walk_store import WalkShardWriter
+
+    expected = r"image a: walked maps \(1, 3, 3\), expected \(1, 2, 2\)"
+    with pytest.raises(ValueError, match=expected), WalkShardWriter(tmp_path / "w.h5") as w:
+        w.add("a", [1], np.zeros((1, 3, 3)), (8, 8))
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_walk_threshold_is_the_searched_one_or_the_shifted_configured_one(tmp_path):
+    from qaclims.irn.settings import walk_bg_threshold
+
+    cam_eval = tmp_path / "threshold.json"
+    cam_eval.write_text(json.dumps({"best_threshold": 0.10}))
+    searched = tmp_path / "walk_threshold.json"
+    searched.write_text(json.dumps({"best_threshold": 0.42}))
+    settings = RandomWalkSettings(bg_threshold=0.25)
+    assert walk_bg_threshold(settings, None) == (0.25, {"walk_threshold_search": False,
+                                                        "bg_threshold": 0.25})
+    t, info = walk_bg_threshold(settings, 0.15, [str(cam_eval)], [])
+    assert t == pytest.approx(0.20) and info["threshold_shift"] == pytest.approx(-0.05)
+    assert walk_bg_threshold(settings, 0.15, [str(cam_eval)], [str(searched)])[0] == 0.42
+    searched.write_text(json.dumps({"best_threshold": 1.5}))
+    with pytest.raises(ValueError, match=r"walk_threshold.json: best_threshold must be"):
+        walk_bg_threshold(settings, 0.15, [str(cam_eval)], [str(searched)])

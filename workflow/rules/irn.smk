@@ -1,11 +1,15 @@
 # IRN stage (method.md 9): confident IR labels from the CAMs and a dense CRF (ir_labels, per
 # shard), the edge + displacement network trained on them (train_irn), the random walk of the
-# CAMs on its boundary maps into pseudo masks (random_walk, per shard), and their scores on the
-# split with ground truth (eval_ir_labels, eval_pseudo_masks). Every experiment of cam.smk
-# (baseline included) gets its own branch.
+# CAMs on its boundary maps (random_walk, per shard), the pseudo-mask mIoU of every background
+# threshold on the split with ground truth (walk_threshold), the pseudo masks at the configured
+# or (irn.walk_threshold_search) the searched threshold (pseudo_masks, per shard), and their
+# scores (eval_ir_labels, eval_pseudo_masks). Every experiment of cam.smk (baseline included)
+# gets its own branch.
 #
 #   results/{dataset}/{experiment}/irn/ir_labels/{shard}/<image_id>.png      0 bg, 1..K, 255
 #   results/{dataset}/{experiment}/irn/model.pth, irn/loss_curve.json
+#   results/{dataset}/{experiment}/irn/walk/{shard}.h5                       walked maps
+#   results/{dataset}/{experiment}/irn/walk_threshold.json                   the sweep
 #   results/{dataset}/{experiment}/irn/pseudo_masks/{shard}/<image_id>.png   VOC palette, 0..K
 #   results/{dataset}/{experiment}/irn/metrics/{ir_labels,pseudo_masks}.json
 #
@@ -85,15 +89,13 @@ rule random_walk:
         classes=data_path("classes.json"),
         cams=experiment_path("{experiment}", "cams/{shard}.h5"),
         model=irn_path("{experiment}", "model.pth"),
-        cam_eval=irn_cam_eval_input,
     output:
-        masks=directory(irn_path("{experiment}", "pseudo_masks/{shard}")),
+        walks=irn_path("{experiment}", "walk/{shard}.h5"),
     wildcard_constraints:
         experiment=_EXPERIMENT_RE,
         shard=r"\d+",
     params:
-        reference_cam_threshold=IRN_REFERENCE,
-        settings=irn_params(IRN_WALK),
+        settings=irn_walk_params(),
         splits=irn_splits(),
         shard="{shard}",
         n_shards=QAPE["n_shards"],
@@ -113,6 +115,70 @@ rule random_walk:
         gpu=gpus_for("random_walk"),
     script:
         "../scripts/random_walk.py"
+
+
+# The pseudo-mask mIoU of every background threshold on the CAM evaluation split, from the
+# walked maps (the CAM threshold search's protocol); chooses the masks' threshold when
+# irn.walk_threshold_search is on.
+rule walk_threshold:
+    input:
+        manifest=data_path("manifest.parquet"),
+        classes=data_path("classes.json"),
+        walks=irn_shard_files("walk", ".h5"),
+        cam_eval=irn_cam_eval_input,
+    output:
+        threshold=irn_path("{experiment}", "walk_threshold.json"),
+    wildcard_constraints:
+        experiment=_EXPERIMENT_RE,
+    params:
+        reference_cam_threshold=IRN_REFERENCE,
+        settings=irn_params(IRN_WALK),
+        split=DATASET["splits"]["cam_eval"],
+        grid=CAM["threshold"],
+    log:
+        f"{LOGS}/{{experiment}}/irn/walk_threshold.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/irn/walk_threshold.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime="1h",
+    script:
+        "../scripts/walk_threshold.py"
+
+
+rule pseudo_masks:
+    input:
+        manifest=data_path("manifest.parquet"),
+        classes=data_path("classes.json"),
+        walks=irn_path("{experiment}", "walk/{shard}.h5"),
+        cam_eval=irn_cam_eval_input,
+        walk_threshold=irn_walk_threshold_input,
+    output:
+        masks=directory(irn_path("{experiment}", "pseudo_masks/{shard}")),
+    wildcard_constraints:
+        experiment=_EXPERIMENT_RE,
+        shard=r"\d+",
+    params:
+        reference_cam_threshold=IRN_REFERENCE,
+        settings=irn_params(IRN_WALK),
+        splits=irn_splits(),
+        shard="{shard}",
+        n_shards=QAPE["n_shards"],
+    log:
+        f"{LOGS}/{{experiment}}/irn/pseudo_masks/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/irn/pseudo_masks/{{shard}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=scaled_runtime(60, per_shard=True),
+    script:
+        "../scripts/pseudo_masks.py"
 
 
 rule eval_ir_labels:
@@ -150,6 +216,7 @@ rule eval_pseudo_masks:
         classes=data_path("classes.json"),
         labels=irn_shard_dirs("pseudo_masks"),
         cam_eval=irn_cam_eval_input,
+        walk_threshold=irn_walk_threshold_input,
     output:
         metrics=irn_path("{experiment}", "metrics/pseudo_masks.json"),
     wildcard_constraints:

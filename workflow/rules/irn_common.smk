@@ -6,6 +6,8 @@ IRN = config.get("irn") or {}
 IRN_LABELS, IRN_TRAIN, IRN_WALK = irn_settings(IRN)
 # Thresholds relative to each experiment's best CAM threshold (None: as configured).
 IRN_REFERENCE = irn_reference_threshold(IRN)
+# Pseudo masks at the walk threshold chosen on the CAM evaluation split (rule walk_threshold).
+IRN_WALK_SEARCH = bool(IRN.get("walk_threshold_search", False))
 # Pool sizes change speed, not results: they set the rules' threads and stay out of params.
 _POOL_KEYS = ("workers",)
 
@@ -17,6 +19,22 @@ def irn_path(experiment, name):
 def irn_params(settings):
     """A settings dict for params: the result-neutral pool size left out (no rerun on change)."""
     return {k: v for k, v in settings.to_dict().items() if k not in _POOL_KEYS}
+
+
+def irn_walk_params():
+    """random_walk's settings for params: the walked maps depend on neither the pool size nor
+    the background threshold (applied later, by rule pseudo_masks)."""
+    return {k: v for k, v in irn_params(IRN_WALK).items() if k != "bg_threshold"}
+
+
+def irn_walk_threshold_input(wildcards):
+    """The experiment's walk-threshold search, when it chooses the masks' threshold."""
+    return [irn_path(wildcards.experiment, "walk_threshold.json")] if IRN_WALK_SEARCH else []
+
+
+def irn_shard_files(kind, suffix):
+    """Input function: the per-shard files of one experiment's IRN stage (walk/{s}.h5)."""
+    return lambda wc: [irn_path(wc.experiment, f"{kind}/{s}{suffix}") for s in SHARDS]
 
 
 def irn_cam_eval_input(wildcards):
@@ -61,4 +79,4 @@ def irn_targets():
         irn_path(e, f"metrics/{kind}.json")
         for e in CAM_EXPERIMENTS
         for kind in ("ir_labels", "pseudo_masks")
-    ]
+    ] + [irn_path(e, "walk_threshold.json") for e in CAM_EXPERIMENTS]

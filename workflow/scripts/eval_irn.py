@@ -7,7 +7,12 @@ import logging
 import _srcpath  # noqa: F401  (puts src/ on sys.path)
 
 from qaclims.irn.pipeline import evaluate_ir_labels, evaluate_pseudo_masks
-from qaclims.irn.settings import IrLabelSettings, RandomWalkSettings, resolve_thresholds
+from qaclims.irn.settings import (
+    IrLabelSettings,
+    RandomWalkSettings,
+    resolve_thresholds,
+    walk_bg_threshold,
+)
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -18,6 +23,11 @@ try:
     cls = {"ir_labels": IrLabelSettings, "pseudo_masks": RandomWalkSettings}[p.kind]
     used, shifted = resolve_thresholds(cls.from_dict(p.settings), p.reference_cam_threshold,
                                        snakemake.input.cam_eval)
+    if p.kind == "pseudo_masks":  # the threshold the walk search chose, where it chose one
+        threshold, shifted = walk_bg_threshold(
+            cls.from_dict(p.settings), p.reference_cam_threshold, snakemake.input.cam_eval,
+            getattr(snakemake.input, "walk_threshold", None))
+        used = used.replace(bg_threshold=threshold)
     out = evaluate(snakemake.input.manifest, snakemake.input.classes, list(snakemake.input.labels),
                    snakemake.output.metrics, split=p.split,
                    settings={**{k: v for k, v in used.to_dict().items() if k != "workers"},

@@ -1,5 +1,6 @@
-"""Rule random_walk: boundary maps of the trained IRN, random walk of the stride-4 CAMs and the
-pseudo masks of one shard of images -> a folder of VOC-palette PNGs (method.md 9.3).
+"""Rule random_walk: boundary maps of the trained IRN and the random walk of the stride-4 CAMs
+of one shard of images -> the walked maps, walk/{shard}.h5 (method.md 9.3); rule pseudo_masks
+turns them into VOC-palette PNGs at the background threshold.
 
 On CPU the walks run in single-thread worker processes, one per rule thread; on a GPU in this
 process.
@@ -16,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from qaclims.devices import job_device
 from qaclims.irn.pipeline import random_walk_shard
-from qaclims.irn.settings import RandomWalkSettings, resolve_thresholds
+from qaclims.irn.settings import RandomWalkSettings
 
 
 def main() -> None:
@@ -24,13 +25,13 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = snakemake.params
     try:
-        settings, _ = resolve_thresholds(RandomWalkSettings.from_dict(p.settings),
-                                         p.reference_cam_threshold, snakemake.input.cam_eval)
+        settings = RandomWalkSettings.from_dict(p.settings)
         summary = random_walk_shard(
             snakemake.input.manifest, snakemake.input.classes, snakemake.input.cams,
-            snakemake.input.model, snakemake.output.masks, splits=p.splits, shard=p.shard,
+            snakemake.input.model, None, splits=p.splits, shard=p.shard,
             n_shards=p.n_shards, settings=settings, device=job_device(snakemake),
             workers=settings.workers or snakemake.threads, torch_threads=p.torch_threads,
+            walk_out=snakemake.output.walks,
         )
         logging.info("random_walk %s: %s", snakemake.wildcards.experiment, summary)
     except Exception:

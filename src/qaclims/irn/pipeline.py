@@ -224,8 +224,10 @@ def _init_walk_worker() -> None:
 
 
 def _walk(image_id: str, cam: np.ndarray, edge: Any, keys: Sequence[int],
-          size: tuple[int, int], rw: Mapping[str, Any], device: str) -> tuple[str, np.ndarray]:
-    """One image's random walk and pseudo mask (runs in a pool worker or in this process)."""
+          size: tuple[int, int], rw: Mapping[str, Any], device: str,
+          as_walk: bool = False) -> tuple[str, np.ndarray]:
+    """One image's random walk and its pseudo mask, or (``as_walk``) the walked maps
+    (runs in a pool worker or in this process)."""
     from qaclims.irn.random_walk import pseudo_mask, random_walk
 
     try:
@@ -234,6 +236,9 @@ def _walk(image_id: str, cam: np.ndarray, edge: Any, keys: Sequence[int],
                              method=rw["method"], device=device, image_id=image_id)
     except MemoryError as err:
         raise MemoryError(f"image {image_id}: {err}") from None
+    if as_walk:
+        return image_id, np.asarray(walked.cpu() if hasattr(walked, "cpu") else walked,
+                                    dtype=np.float32)
     return image_id, pseudo_mask(walked, keys, size, rw["bg_threshold"], image_id=image_id)
 
 
@@ -250,15 +255,18 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Sequence[PathLike],
-                      model: PathLike, out_dir: PathLike, *, splits: Sequence[str],
+                      model: PathLike, out_dir: PathLike | None, *, splits: Sequence[str],
                       shard: str | int | None = None, n_shards: int = 1,
                       settings: RandomWalkSettings | None = None, device: str = "cpu",
                       workers: int | None = None, include_unlabelled: bool = True,
-                      torch_threads: int | None = None) -> dict[str, Any]:
+                      torch_threads: int | None = None,
+                      walk_out: PathLike | None = None) -> dict[str, Any]:
     """Write the pseudo mask ``out_dir/<image_id>.png`` (VOC palette, 0 bg, 1..K) of every
     image of ``splits`` in ``shard``, and (``include_unlabelled``) an all-background one of
     every image of ``{split}_unlabelled`` (COCO's images without classes; the authors' code
-    wrote all-zero masks for them too).
+    wrote all-zero masks for them too). With ``walk_out`` (and ``out_dir`` None) the walked
+    maps go to that walk file instead (:mod:`qaclims.irn.walk_store`), for masks made later
+    at a threshold chosen on them (:func:`pseudo_masks_from_walks`).
 
     Boundary maps come from the IRN model file ``model`` on ``device``. On CPU the walks run in
     ``workers`` single-thread processes (default ``settings.workers`` or 1: in this process, one
@@ -269,7 +277,11 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
     from qaclims.cam.augment import normalize_imagenet
     from qaclims.irn.random_walk import infer_edge
     from qaclims.irn.train_irn import load_irn_network
+    from qaclims.irn.walk_store import WalkShardWriter
 
+    if (out_dir is None) == (walk_out is None):
+        raise ValueError("random_walk_shard: give exactly one of out_dir (masks) and walk_out")
+    as_walk = walk_out is not None
     settings = settings or RandomWalkSettings()
     df, _ = _read_inputs(manifest, classes)
     rows = shard_rows(df, splits, shard, n_shards, include_unlabelled=include_unlabelled)
@@ -285,12 +297,15 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
     # the pool size), the walks in the single-thread pool; restored on exit
     threads = (contextlib.nullcontext() if on_gpu
                else _torch_threads(torch_threads or n_workers))
-    with threads, _open_store(cams) as store, staged_directory(out_dir) as tmp:
+    sink = WalkShardWriter(walk_out) if as_walk else staged_directory(out_dir)  # type: ignore
+    seen: dict[str, tuple[list[int], tuple[int, int]]] = {}
+    with threads, _open_store(cams) as store, sink as tmp:
         check_cams(store, rows)
 
         def jobs() -> Iterator[tuple[Any, ...]]:
             for row in rows.itertuples(index=False):
                 size = (int(row.height), int(row.width))
+                seen[row.image_id] = ([], size)
                 if row.image_id not in store:  # no classes (checked): background, no walk
                     yield row.image_id, None, None, [], size
                     continue
@@ -303,26 +318,35 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
                 x = torch.from_numpy(np.ascontiguousarray(
                     normalize_imagenet(img).transpose(2, 0, 1)))
                 edge = infer_edge(net, x).numpy()
+                seen[row.image_id] = (keys.tolist(), size)
                 yield row.image_id, strided, edge, keys.tolist(), size
 
-        def write(image_id: str, mask: np.ndarray) -> None:
+        def write(image_id: str, result: np.ndarray | None) -> None:
             nonlocal n, n_bg
-            write_label_png(mask, tmp / f"{image_id}.png")
+            if as_walk:  # result: the walked maps, None for an image without classes
+                keys, size = seen.pop(image_id)
+                tmp.add(image_id, keys, result, size)
+                n_bg += int(result is None)
+            else:
+                write_label_png(result, tmp / f"{image_id}.png")
+                n_bg += int(not result.any())
             n += 1
-            n_bg += int(not mask.any())
             if n % 200 == 0:
                 log.info("%d/%d pseudo masks (%.2f images/s)", n, len(rows),
                          n / (time.perf_counter() - t0))
 
+        def blank(size: tuple[int, int]) -> np.ndarray | None:
+            return None if as_walk else np.zeros(size, np.uint8)
+
         if on_gpu or n_workers <= 1:
             for image_id, cam, edge, keys, size in jobs():
                 if cam is None:
-                    write(image_id, np.zeros(size, np.uint8))
+                    write(image_id, blank(size))
                     continue
                 # the walk itself with one thread (see the module docstring); on the GPU the
                 # thread count does not matter
                 with _torch_threads(1):
-                    write(*_walk(image_id, cam, edge, keys, size, rw, str(device)))
+                    write(*_walk(image_id, cam, edge, keys, size, rw, str(device), as_walk))
         else:
             import multiprocessing as mp
 
@@ -340,10 +364,10 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
                 try:
                     for image_id, cam, edge, keys, size in jobs():
                         if cam is None:
-                            pending.append((image_id, np.zeros(size, np.uint8)))
+                            pending.append((image_id, blank(size)))
                         else:
                             pending.append(pool.submit(_walk, image_id, cam, edge, keys, size,
-                                                       rw, "cpu"))
+                                                       rw, "cpu", as_walk))
                         drain(limit)
                     drain(0)
                 finally:
@@ -356,6 +380,71 @@ def random_walk_shard(manifest: PathLike, classes: PathLike, cams: PathLike | Se
                "device": str(device), "seconds": round(seconds, 2)}
     log.info("random walk done: %s", summary)
     return summary
+
+
+def pseudo_masks_from_walks(manifest: PathLike, classes: PathLike,
+                            walks: PathLike | Sequence[PathLike], out_dir: PathLike, *,
+                            splits: Sequence[str], bg_threshold: float,
+                            shard: str | int | None = None, n_shards: int = 1,
+                            include_unlabelled: bool = True) -> dict[str, Any]:
+    """The pseudo masks (``out_dir/<image_id>.png``) of the images of ``splits`` in ``shard``
+    from their walked maps (walk files of :func:`random_walk_shard`), at ``bg_threshold``:
+    the same masks :func:`random_walk_shard` writes directly at that threshold."""
+    from qaclims.irn.random_walk import pseudo_mask
+    from qaclims.irn.walk_store import WalkStore
+
+    df, _ = _read_inputs(manifest, classes)
+    rows = shard_rows(df, splits, shard, n_shards, include_unlabelled=include_unlabelled)
+    n = n_bg = 0
+    with WalkStore([walks] if isinstance(walks, str | os.PathLike) else walks) as store, \
+            staged_directory(out_dir) as tmp:
+        for row in rows.itertuples(index=False):
+            keys, rw, size = store.get(row.image_id)
+            if size != (int(row.height), int(row.width)):
+                raise ValueError(f"image {row.image_id}: walked maps are for {size}, the "
+                                 f"manifest says {(int(row.height), int(row.width))}")
+            mask = pseudo_mask(rw, keys, size, bg_threshold, image_id=row.image_id)
+            write_label_png(mask, tmp / f"{row.image_id}.png")
+            n += 1
+            n_bg += int(not mask.any())
+    summary = {"shard": None if shard is None else str(shard), "n_images": n,
+               "n_all_background": n_bg, "bg_threshold": bg_threshold}
+    log.info("pseudo masks from walks: %s", summary)
+    return summary
+
+
+def search_walk_threshold(manifest: PathLike, classes: PathLike, walks: Sequence[PathLike],
+                          out_json: PathLike, *, split: str, thresholds: Sequence[float],
+                          fixed_threshold: float) -> dict[str, Any]:
+    """Pseudo-mask mIoU of every background threshold in ``thresholds`` on ``split`` (with
+    ground truth), from the walked maps: the curve, the best threshold (lowest on a tie) and the
+    mIoU at ``fixed_threshold`` (the configured, possibly shifted one) -> ``out_json``. The same
+    protocol as the CAM threshold search (:func:`qaclims.cam.threshold.sweep_thresholds`)."""
+    from qaclims.cam.threshold import sweep_thresholds
+    from qaclims.irn.random_walk import normalised_walk
+    from qaclims.irn.walk_store import WalkStore
+
+    df, names = _read_inputs(manifest, classes)
+    rows = shard_rows(df, [split])
+    if len(rows) == 0:
+        raise ValueError(f"split {split!r} has no images")
+    with WalkStore(walks) as store:
+        def samples() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            for row in rows.itertuples(index=False):
+                if not row.has_gt:
+                    raise ValueError(f"image {row.image_id} of split {split!r} has no ground "
+                                     f"truth; search the walk threshold on a split with it")
+                keys, rw, size = store.get(row.image_id)
+                maps, k = normalised_walk(rw, keys, size, image_id=row.image_id)
+                yield maps.numpy(), k, read_label_png(row.gt_path)
+
+        out = sweep_thresholds(samples(), thresholds, n_classes=len(names) + 1,
+                               fixed_threshold=fixed_threshold)
+    out = {"stage": "walk_threshold", "split": split, **out}
+    write_json(out, out_json)
+    log.info("walk threshold on %r: best %.3f (mIoU %.4f), configured %.3f (mIoU %.4f)", split,
+             out["best_threshold"], out["best_miou"], fixed_threshold, out.get("miou_at_fixed"))
+    return out
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -375,17 +375,12 @@ def random_walk_dense_reference(
 
 
 # -- pseudo masks ----------------------------------------------------------------------------------
-def pseudo_mask(
-    rw: Any, keys: Sequence[int], image_size: tuple[int, int], bg_threshold: float = 0.20,
-    *, image_id: str = "?",
-) -> np.ndarray:
-    """uint8 ``[H, W]`` semantic pseudo mask (0 background, class ids from ``keys``, no 255).
-
-    ``rw [K', h, w]`` with ``h = (H - 1) // 4 + 1``, ``w = (W - 1) // 4 + 1``: bilinear x4
-    (align_corners=False), crop to ``image_size = (H, W)``, divide by the global maximum,
-    prepend a ``bg_threshold`` plane, argmax (ties to the first plane), map through
-    ``[0, *keys]``.
-    """
+def normalised_walk(rw: Any, keys: Sequence[int], image_size: tuple[int, int], *,
+                    image_id: str = "?") -> tuple[torch.Tensor, np.ndarray]:
+    """``(maps [K', H, W], keys)``: ``rw [K', h, w]`` (``h = (H - 1) // 4 + 1``,
+    ``w = (W - 1) // 4 + 1``) upsampled bilinearly x4 (align_corners=False), cropped to
+    ``image_size = (H, W)`` and divided by the global maximum (all zeros when it is not > 0):
+    what the background threshold of :func:`pseudo_mask` is compared with."""
     r = _as_tensor(rw)
     hh, ww = (int(s) for s in image_size)
     if r.dim() != 3:
@@ -403,13 +398,25 @@ def pseudo_mask(
     if not torch.isfinite(r).all():
         raise ValueError(f"image {image_id!r}: random-walk maps hold NaN or infinite values")
     if r.shape[0] == 0:
-        return np.zeros((hh, ww), dtype=np.uint8)
+        return torch.zeros((0, hh, ww)), k_arr
     up = F.interpolate(r[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
     up = up[:, :hh, :ww]
     top = up.max()
-    if not top > 0:
+    return (up / top if top > 0 else torch.zeros_like(up)), k_arr
+
+
+def pseudo_mask(
+    rw: Any, keys: Sequence[int], image_size: tuple[int, int], bg_threshold: float = 0.20,
+    *, image_id: str = "?",
+) -> np.ndarray:
+    """uint8 ``[H, W]`` semantic pseudo mask (0 background, class ids from ``keys``, no 255):
+    :func:`normalised_walk`, a ``bg_threshold`` plane prepended, argmax (ties to the first
+    plane: a pixel is background unless some map is strictly above the threshold), mapped
+    through ``[0, *keys]``."""
+    up, k_arr = normalised_walk(rw, keys, image_size, image_id=image_id)
+    hh, ww = (int(s) for s in image_size)
+    if up.shape[0] == 0 or not up.max() > 0:
         return np.zeros((hh, ww), dtype=np.uint8)
-    up = up / top
     planes = torch.cat([torch.full((1, hh, ww), float(bg_threshold)), up], dim=0)
     arg = torch.argmax(planes, dim=0).numpy()
     return np.concatenate([[0], k_arr]).astype(np.uint8)[arg]

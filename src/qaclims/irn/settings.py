@@ -222,11 +222,11 @@ def irn_settings(section: Mapping[str, Any] | None
                  ) -> tuple[IrLabelSettings, IrnTrainSettings, RandomWalkSettings]:
     """The three settings of a config ``irn`` section (missing parts default)."""
     section = dict(section or {})
-    unknown = sorted(set(section) - {"ir_labels", "train", "random_walk",
-                                     "reference_cam_threshold"})
+    known = {"ir_labels", "train", "random_walk", "reference_cam_threshold",
+             "walk_threshold_search"}
+    unknown = sorted(set(section) - known)
     if unknown:
-        raise ValueError(f"irn.{unknown[0]}: unknown key (known: ['ir_labels', "
-                         "'random_walk', 'reference_cam_threshold', 'train'])")
+        raise ValueError(f"irn.{unknown[0]}: unknown key (known: {sorted(known)})")
     irn_reference_threshold(section)
     return (IrLabelSettings.from_dict(section.get("ir_labels")),
             IrnTrainSettings.from_dict(section.get("train")),
@@ -299,3 +299,30 @@ def resolve_thresholds(settings: Any, reference: float | None,
     logging.getLogger(__name__).info("thresholds shifted by the CAM threshold search: %s -> %s",
                                      info, shifted.to_dict())
     return shifted, info
+
+
+def walk_bg_threshold(settings: RandomWalkSettings, reference: float | None,
+                      cam_eval: str | Any | Sequence[Any] | None = None,
+                      walk_threshold_json: str | Any | Sequence[Any] | None = None
+                      ) -> tuple[float, dict[str, Any]]:
+    """The background threshold of the pseudo masks and how it was chosen: the best one of the
+    walk-threshold search (``walk_threshold_json``, a path or a rule's input list of none or
+    one: ``irn.walk_threshold_search``), else ``settings.bg_threshold`` shifted as
+    :func:`resolve_thresholds` says."""
+    import json
+    from pathlib import Path
+
+    if isinstance(walk_threshold_json, Sequence) and not isinstance(walk_threshold_json, str):
+        walk_threshold_json = next(iter(walk_threshold_json), None)
+    if walk_threshold_json:
+        path = Path(walk_threshold_json)
+        try:
+            best = json.loads(path.read_text())["best_threshold"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{path}: cannot read best_threshold ({err})") from None
+        if not _is_num(best) or not 0 <= best <= 1:
+            raise ValueError(f"{path}: best_threshold must be a number in [0, 1], got {best!r}")
+        return float(best), {"walk_threshold_search": True, "bg_threshold": float(best)}
+    shifted, info = resolve_thresholds(settings, reference, cam_eval)
+    return float(shifted.bg_threshold), {"walk_threshold_search": False,
+                                         "bg_threshold": float(shifted.bg_threshold), **info}

@@ -57,6 +57,8 @@ rule train_toy_vqa:
         metrics=f"{TOY}/blip_vqa_metrics.json",
     params:
         settings=MODELS["toy"]["vqa"],
+        # resumable state outside the outputs (killed jobs continue), keyed by a settings hash
+        resume_root=f"{TOY}/_resume/train_toy_vqa",
     log:
         f"{TOY}/logs/train_toy_vqa.log",
     benchmark:
@@ -80,6 +82,7 @@ rule train_toy_clip:
         metrics=f"{TOY}/clip_metrics.json",
     params:
         settings=MODELS["toy"]["clip"],
+        resume_root=f"{TOY}/_resume/train_toy_clip",
     log:
         f"{TOY}/logs/train_toy_clip.log",
     benchmark:
@@ -104,6 +107,8 @@ rule train_toy_backbone:
         metrics=f"{TOY}/backbone/{{arch}}_metrics.json",
     params:
         settings=lambda wc: {**MODELS["toy"]["backbone"], "arch": wc.arch},
+        # one folder for every arch: the arch is part of the settings hash that names the state
+        resume_root=f"{TOY}/_resume/train_toy_backbone",
     log:
         f"{TOY}/logs/train_toy_backbone_{{arch}}.log",
     benchmark:

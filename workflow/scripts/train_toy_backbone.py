@@ -2,6 +2,8 @@
 
 input.corpus (directory): the toy VLP corpus (rule make_vlp_corpus).
 params.settings (dict): config models.toy.backbone (ToyBackboneSettings fields).
+params.resume_root (directory): resumable training state (<root>/<settings hash>/), outside
+the outputs; a rerun after a kill or SIGTERM continues from it; removed once the outputs exist.
 output.weights (file): torchvision resnet state dict WITHOUT fc.* - load it with
 qaclims.vlp.backbones.load_resnet(arch, path), exactly like ImageNet weights.
 output.metrics (JSON): held-out multi-label mAP, training time, steps, parameter count, size.
@@ -35,7 +37,8 @@ try:
                     snakemake.threads, settings.threads, settings.threads)
     log.info("settings: %s", settings)
     train_toy_backbone(snakemake.input.corpus, snakemake.output.weights,
-                       snakemake.output.metrics, settings=settings, log=log.info)
+                       snakemake.output.metrics, settings=settings, log=log.info,
+                       resume_root=snakemake.params.resume_root)
 except Exception:
     log.exception("train_toy_backbone failed")
     raise

@@ -2,6 +2,8 @@
 
 input.corpus (directory): the toy VLP corpus (rule make_vlp_corpus).
 params.settings (dict): config models.toy.clip (ToyClipSettings fields; missing keys -> defaults).
+params.resume_root (directory): resumable training state (<root>/<settings hash>/), outside
+the outputs; a rerun after a kill or SIGTERM continues from it; removed once the outputs exist.
 output.model (directory): open_clip_config.json (load_clip's `arch`), tokenizer.json and
 ovseg_toy_clip.pth (load_clip's `mask_checkpoint`, pretrained=None), written by save_toy_clip.
 output.metrics (JSON): held-out masked-region retrieval (object class, sub-type, context, object
@@ -37,7 +39,7 @@ try:
                     snakemake.threads, settings.threads, settings.threads)
     log.info("settings: %s", settings)
     train_toy_clip(snakemake.input.corpus, snakemake.output.model, snakemake.output.metrics,
-                  settings=settings, log=log.info)
+                   settings=settings, log=log.info, resume_root=snakemake.params.resume_root)
 except Exception:
     log.exception("train_toy_clip failed")
     raise

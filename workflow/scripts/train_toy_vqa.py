@@ -2,6 +2,8 @@
 
 input.corpus (directory): the toy VLP corpus (rule make_vlp_corpus).
 params.settings (dict): config models.toy.vqa (ToyVqaSettings fields; missing keys -> defaults).
+params.resume_root (directory): resumable training state (<root>/<settings hash>/), outside
+the outputs; a rerun after a kill or SIGTERM continues from it; removed once the outputs exist.
 output.model (directory): save_pretrained BLIP VQA (model + processor) for load_blip_vqa.
 output.metrics (JSON): held-out exact match (overall, per group/template/class), training time,
 steps, parameter count, model size.
@@ -36,7 +38,7 @@ try:
                     snakemake.threads, settings.threads, settings.threads)
     log.info("settings: %s", settings)
     train_toy_vqa(snakemake.input.corpus, snakemake.output.model, snakemake.output.metrics,
-                  settings=settings, log=log.info)
+                  settings=settings, log=log.info, resume_root=snakemake.params.resume_root)
 except Exception:
     log.exception("train_toy_vqa failed")
     raise

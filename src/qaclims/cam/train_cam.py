@@ -62,7 +62,7 @@ def hashed_params(settings: TrainSettings, **extra: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _sigterm_flag() -> Any:
+def sigterm_flag() -> Any:
     """A one-element list set to True when SIGTERM arrives (main thread only)."""
     flag = [False]
     try:
@@ -108,7 +108,7 @@ def fit(env: DistEnv, model: nn.Module, optimizer: PolyOptimizer, batches: Itera
     t0 = time.perf_counter()
     t_log, step_log = t0, start_step
     it = iter(batches)
-    with _sigterm_flag() as stop:
+    with sigterm_flag() as stop:
         for step in range(start_step, total_steps):
             batch = next(it)
             loss, parts = step_fn(batch)
@@ -297,4 +297,4 @@ def check_world(settings: TrainSettings, world_size: int) -> None:
 
 
 __all__: Sequence[str] = ["TrainingPreempted", "calibrate_batchnorm", "fit", "hashed_params",
-                          "restore", "train_cam"]
+                          "restore", "sigterm_flag", "train_cam"]

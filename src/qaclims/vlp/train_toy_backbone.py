@@ -11,6 +11,8 @@ So the stages load it exactly as they load ImageNet weights: ``load_resnet("resn
 Images are ImageNet-normalised (what the stages feed), random horizontal flips only. BatchNorm
 trains normally, so its running statistics fit the synthetic images (the stages freeze BN).
 Deterministic like the other toy trainers: ``max_steps`` decides; past ``max_minutes`` it fails.
+Resumable like them: every ``checkpoint_every`` steps, on SIGTERM and before the time guard fails
+(:mod:`qaclims.vlp.toy_resume`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from qaclims.determinism import check_time_guard, configure_torch
+from qaclims.cam.checkpoint import ResumeState
+from qaclims.determinism import configure_torch
 from qaclims.vlp.toy_quality import (
     HELDOUT_SPLIT,
     TRAIN_SPLIT,
@@ -36,6 +39,7 @@ from qaclims.vlp.toy_quality import (
     normalise_batch,
     resize_uint8,
 )
+from qaclims.vlp.toy_resume import LoopCheckpoint, toy_resume_state
 
 PathLike = str | os.PathLike[str]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,6 +63,8 @@ class ToyBackboneSettings:
     max_steps: int = 300
     max_minutes: float = 60.0
     log_every: int = 20
+    # Steps between resumable states (0: only on SIGTERM / the time guard); result-neutral.
+    checkpoint_every: int = 50
     hflip: bool = True
     eval_max_images: int | None = 800
 
@@ -105,9 +111,18 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(precision[hits].sum() / hits.sum())
 
 
-def fit_toy_backbone(corpus: VlpCorpus, settings: ToyBackboneSettings, *, log: LogFn = print
+#: Settings that only affect the evaluation: left out of the resume hash.
+EVAL_ONLY = ("eval_max_images",)
+
+
+def fit_toy_backbone(corpus: VlpCorpus, settings: ToyBackboneSettings, *, log: LogFn = print,
+                     resume: ResumeState | None = None
                      ) -> tuple[Any, list[str], dict[str, Any]]:
-    """Train in memory: ``(model with its label head, label names, training info)``."""
+    """Train in memory: ``(model with its label head, label names, training info)``.
+
+    ``resume``: where the loop state is saved and resumed from (:mod:`qaclims.vlp.toy_resume`);
+    None: not resumable.
+    """
     import random
 
     import torch
@@ -136,42 +151,54 @@ def fit_toy_backbone(corpus: VlpCorpus, settings: ToyBackboneSettings, *, log: L
     perm = train_t[torch.randperm(len(train_t), generator=gen)]
     cursor = 0
     model.train()
+    ckpt = LoopCheckpoint(resume, s.checkpoint_every, modules={"model": model}, optimizer=opt,
+                          generator=gen, total_steps=s.max_steps, what="toy backbone training",
+                          log_fn=log)
+    start, loop = ckpt.restore()
+    losses: list[float] = list(loop.get("losses", []))
+    if loop:
+        perm, cursor = loop["perm"], int(loop["cursor"])
+
+    def loop_state() -> dict[str, Any]:
+        return {"perm": perm, "cursor": cursor, "losses": losses}
+
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     t_last = t_start
-    losses: list[float] = []
     stopped_by = "steps"
-    steps_done = 0
-    for step in range(s.max_steps):
-        check_time_guard((time.perf_counter() - t_start) / 60.0, s.max_minutes,
-                         what="toy backbone training", step=step, max_steps=s.max_steps,
-                         key="models.toy.backbone.max_minutes")
-        if cursor + s.batch_size > len(perm):
-            perm = train_t[torch.randperm(len(train_t), generator=gen)]
-            cursor = 0
-        idx = perm[cursor:cursor + s.batch_size]
-        cursor += s.batch_size
-        lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
-                   schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = normalise_batch(images[idx], IMAGENET_MEAN, IMAGENET_STD)
-        if s.hflip:
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        steps_done = step + 1
-        if steps_done % s.log_every == 0 or step == 0 or steps_done == s.max_steps:
-            now = time.perf_counter()
-            n_ex = s.batch_size * (s.log_every if step else 1)
-            log(f"step {steps_done}/{s.max_steps} loss {np.mean(losses[-s.log_every:]):.4f} "
-                f"lr {lr:.2e} {n_ex / max(now - t_last, 1e-9):.0f} ex/s "
-                f"elapsed {now - t_start:.0f} s")
-            t_last = now
+    steps_done = start
+    with ckpt.watch_sigterm():
+        for step in range(start, s.max_steps):
+            ckpt.check_time(step, loop_state,
+                            elapsed_minutes=(time.perf_counter() - t_start) / 60.0,
+                            max_minutes=s.max_minutes, key="models.toy.backbone.max_minutes")
+            if cursor + s.batch_size > len(perm):
+                perm = train_t[torch.randperm(len(train_t), generator=gen)]
+                cursor = 0
+            idx = perm[cursor:cursor + s.batch_size]
+            cursor += s.batch_size
+            lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
+                       schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = normalise_batch(images[idx], IMAGENET_MEAN, IMAGENET_STD)
+            if s.hflip:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            steps_done = step + 1
+            if steps_done % s.log_every == 0 or step == 0 or steps_done == s.max_steps:
+                now = time.perf_counter()
+                n_ex = s.batch_size * (s.log_every if step else 1)
+                log(f"step {steps_done}/{s.max_steps} loss {np.mean(losses[-s.log_every:]):.4f} "
+                    f"lr {lr:.2e} {n_ex / max(now - t_last, 1e-9):.0f} ex/s "
+                    f"elapsed {now - t_start:.0f} s")
+                t_last = now
+            ckpt.step_done(steps_done, loop_state)
     train_seconds = time.perf_counter() - t_start
     model.eval()
     k = max(1, min(s.log_every, len(losses)))
@@ -179,7 +206,9 @@ def fit_toy_backbone(corpus: VlpCorpus, settings: ToyBackboneSettings, *, log: L
         "steps": steps_done, "max_steps": s.max_steps, "stopped_by": stopped_by,
         "train_seconds": round(train_seconds, 2),
         "cpu_seconds": round(time.process_time() - cpu_start, 2),
-        "examples_per_second": round(steps_done * s.batch_size / max(train_seconds, 1e-9), 1),
+        "examples_per_second": round((steps_done - start) * s.batch_size
+                                     / max(train_seconds, 1e-9), 1),
+        "resumed_from": start,
         "loss_first": losses[0] if losses else None,
         "loss_final": float(np.mean(losses[-k:])) if losses else None,
         "n_parameters": n_params, "labels": names, "threads": torch.get_num_threads(),
@@ -244,9 +273,13 @@ def train_toy_backbone(
     settings: ToyBackboneSettings | None = None,
     log: LogFn | PathLike | None = None,
     evaluate: bool = True,
+    resume_root: PathLike | None = None,
 ) -> dict[str, Any]:
     """Train, save the head-less state dict to ``out_path``, reload it through
-    :func:`qaclims.vlp.backbones.load_resnet` (checks it fits), evaluate, write metrics."""
+    :func:`qaclims.vlp.backbones.load_resnet` (checks it fits), evaluate, write metrics.
+
+    ``resume_root``: folder of the resumable state (``<root>/<hash>/``, removed once the outputs
+    are written; :mod:`qaclims.vlp.toy_resume`); None: not resumable."""
     import torch
 
     from qaclims.store import write_json
@@ -257,7 +290,9 @@ def train_toy_backbone(
     try:
         t0 = time.perf_counter()
         corpus = load_corpus(corpus_dir)
-        model, names, info = fit_toy_backbone(corpus, s, log=logger)
+        resume = toy_resume_state(resume_root, "train_toy_backbone", s.to_dict(), corpus_dir,
+                                  neutral=EVAL_ONLY)
+        model, names, info = fit_toy_backbone(corpus, s, log=logger, resume=resume)
         save_backbone_state(model, out_path)
         loaded = load_resnet(s.arch, out_path)  # type: ignore[arg-type]
         # The loader's model has the 1000-way head; evaluation needs ours back on top.
@@ -278,6 +313,8 @@ def train_toy_backbone(
         metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
         if metrics_path is not None:
             write_json(metrics, metrics_path)
+        if resume is not None:  # every output is written: the state is no longer needed
+            resume.clear()
         return metrics
     finally:
         if isinstance(logger, TrainLog):
@@ -297,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out_path")
     p.add_argument("metrics")
     p.add_argument("--log", default=None)
+    p.add_argument("--resume-root", default=None, help="folder of the resumable state")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     over: dict[str, Any] = {}
@@ -308,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             over[k] = v
     m = train_toy_backbone(a.corpus_dir, a.out_path, a.metrics,
                            settings=ToyBackboneSettings.from_dict(over),
-                           log=a.log if a.log else print)
+                           log=a.log if a.log else print, resume_root=a.resume_root)
     print(json.dumps({k: m[k] for k in ("training", "quality") if k in m}, indent=1)[:3000])
 
 

@@ -35,6 +35,8 @@ text joins every batch, so each region also meets every class text as a negative
 softmax, which is how the model is used (argmax over class texts).
 
 Determinism: ``max_steps`` decides; past ``max_minutes`` the training fails (qaclims.determinism).
+Resumable: every ``checkpoint_every`` steps, on SIGTERM and before the time guard fails, the loop
+state is saved; a rerun continues bit for bit (:mod:`qaclims.vlp.toy_resume`).
 The model is saved with :func:`~qaclims.vlp.toy_models.save_toy_clip` (open_clip config +
 tokenizer + OVSeg-style checkpoint) and evaluated after loading it back with
 :func:`~qaclims.vlp.clip.load_clip` (:func:`qaclims.vlp.toy_quality.evaluate_clip`).
@@ -50,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from qaclims.determinism import check_time_guard, configure_torch
+from qaclims.cam.checkpoint import ResumeState
+from qaclims.determinism import configure_torch
 from qaclims.vlp.toy_quality import (
     TEXT_PROMPT,
     TRAIN_SPLIT,
@@ -67,6 +70,7 @@ from qaclims.vlp.toy_quality import (
     region_vocabulary,
     resize_uint8,
 )
+from qaclims.vlp.toy_resume import LoopCheckpoint, toy_resume_state
 
 PathLike = str | os.PathLike[str]
 SAMPLE_KINDS = ("image", "object", "context", "background")
@@ -136,6 +140,8 @@ class ToyClipSettings:
     max_steps: int = 1000
     max_minutes: float = 60.0
     log_every: int = 50
+    # Steps between resumable states (0: only on SIGTERM / the time guard); result-neutral.
+    checkpoint_every: int = 100
     # Evaluation (held-out split).
     eval_split: str = "heldout"
     eval_max_regions: int | None = None
@@ -331,6 +337,18 @@ class _Sampler:
         self.sizes = sizes
         self.perm = {k: torch.randperm(n, generator=gen) for k, n in sizes.items() if n}
         self.cursor = dict.fromkeys(self.perm, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The streams' permutations and cursors (the generator is saved by its owner)."""
+        return {"perm": dict(self.perm), "cursor": dict(self.cursor)}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for the same sample kinds and sizes)."""
+        sizes = {k: len(v) for k, v in d["perm"].items()}
+        if sizes != {k: n for k, n in self.sizes.items() if n}:
+            raise ValueError(f"sampler state of other samples: {sizes}, expected {self.sizes}")
+        self.perm = dict(d["perm"])
+        self.cursor = {k: int(v) for k, v in d["cursor"].items()}
 
     def take(self, kind: str, n: int) -> Any:
         import torch
@@ -531,9 +549,17 @@ def _set_determinism(seed: int, threads: int) -> None:
     random.seed(seed)
 
 
-def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = print
-                 ) -> tuple[Any, dict[str, Any]]:
-    """Train a toy mask-prompt CLIP in memory: ``(model, training info)``."""
+#: Settings that only affect the evaluation: left out of the resume hash.
+EVAL_ONLY = ("eval_split", "eval_max_regions", "eval_batch_size")
+
+
+def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = print,
+                 resume: ResumeState | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train a toy mask-prompt CLIP in memory: ``(model, training info)``.
+
+    ``resume``: where the loop state is saved and resumed from (:mod:`qaclims.vlp.toy_resume`);
+    None: not resumable.
+    """
     import torch
 
     from qaclims.vlp.toy_models import build_toy_clip
@@ -572,55 +598,68 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
     gen = torch.Generator().manual_seed(s.seed)
     sampler = _Sampler(sizes, gen)
     logit_scale = model.clip.logit_scale
+    ckpt = LoopCheckpoint(resume, s.checkpoint_every, modules={"model": model}, optimizer=opt,
+                          generator=gen, total_steps=s.max_steps, what="toy CLIP training",
+                          log_fn=log)
+    start, loop = ckpt.restore()
+    losses: list[float] = list(loop.get("losses", []))
+    if loop:
+        sampler.load_state_dict(loop["sampler"])
+
+    def loop_state() -> dict[str, Any]:
+        return {"sampler": sampler.state_dict(), "losses": losses}
+
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     t_last = t_start
-    losses: list[float] = []
     stopped_by = "steps"
-    steps_done = 0
-    for step in range(s.max_steps):
-        check_time_guard((time.perf_counter() - t_start) / 60.0, s.max_minutes,
-                         what="toy CLIP training", step=step, max_steps=s.max_steps,
-                         key="models.toy.clip.max_minutes")
-        lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
-                   schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        picks = {k: sampler.take(k, n) for k, n in counts.items()}
-        x, m, text_ids, pos = _assemble_batch(data, picks, gen, model.mean, model.std,
-                                              s.loose_prompt, s.box_prompt, s.patch_size)
-        n_hard = len(x)
-        if "blend" in picks:
-            xb, mb, qb = _assemble_blends(data, picks["blend"], gen, model.mean, model.std, s)
-            x, m = torch.cat([x, xb]), torch.cat([m, mb])
-        img = model.encode_image(x, m)
-        txt = model.encode_text(tokens[text_ids])
-        img = img / img.norm(dim=-1, keepdim=True)
-        txt = txt / txt.norm(dim=-1, keepdim=True)
-        loss = multi_positive_loss(img[:n_hard], txt, pos, logit_scale.exp())
-        if "blend" in picks:
-            # blends are scored against the class and context texts only; the batch's texts
-            # are deduplicated, so look up where each of them landed
-            cols = [text_ids.index(t) for t in data.vocab_ids]
-            share = len(xb) / len(x)
-            loss = (1 - share) * loss + share * soft_target_loss(
-                img[n_hard:], txt[cols], qb, logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip and s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            logit_scale.clamp_(0, float(np.log(100.0)))
-        losses.append(float(loss.detach()))
-        steps_done = step + 1
-        if steps_done % s.log_every == 0 or step == 0 or steps_done == s.max_steps:
-            now = time.perf_counter()
-            n_ex = s.batch_size * (s.log_every if step else 1)
-            log(f"step {steps_done}/{s.max_steps} loss {np.mean(losses[-s.log_every:]):.4f} "
-                f"lr {lr:.2e} scale {float(logit_scale.detach().exp()):.1f} texts {len(text_ids)} "
-                f"{n_ex / max(now - t_last, 1e-9):.0f} ex/s elapsed {now - t_start:.0f} s")
-            t_last = now
+    steps_done = start
+    with ckpt.watch_sigterm():
+        for step in range(start, s.max_steps):
+            ckpt.check_time(step, loop_state,
+                            elapsed_minutes=(time.perf_counter() - t_start) / 60.0,
+                            max_minutes=s.max_minutes, key="models.toy.clip.max_minutes")
+            lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
+                       schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            picks = {k: sampler.take(k, n) for k, n in counts.items()}
+            x, m, text_ids, pos = _assemble_batch(data, picks, gen, model.mean, model.std,
+                                                  s.loose_prompt, s.box_prompt, s.patch_size)
+            n_hard = len(x)
+            if "blend" in picks:
+                xb, mb, qb = _assemble_blends(data, picks["blend"], gen, model.mean, model.std, s)
+                x, m = torch.cat([x, xb]), torch.cat([m, mb])
+            img = model.encode_image(x, m)
+            txt = model.encode_text(tokens[text_ids])
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            loss = multi_positive_loss(img[:n_hard], txt, pos, logit_scale.exp())
+            if "blend" in picks:
+                # blends are scored against the class and context texts only; the batch's texts
+                # are deduplicated, so look up where each of them landed
+                cols = [text_ids.index(t) for t in data.vocab_ids]
+                share = len(xb) / len(x)
+                loss = (1 - share) * loss + share * soft_target_loss(
+                    img[n_hard:], txt[cols], qb, logit_scale.exp())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip and s.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                logit_scale.clamp_(0, float(np.log(100.0)))
+            losses.append(float(loss.detach()))
+            steps_done = step + 1
+            if steps_done % s.log_every == 0 or step == 0 or steps_done == s.max_steps:
+                now = time.perf_counter()
+                n_ex = s.batch_size * (s.log_every if step else 1)
+                scale = float(logit_scale.detach().exp())
+                log(f"step {steps_done}/{s.max_steps} loss {np.mean(losses[-s.log_every:]):.4f} "
+                    f"lr {lr:.2e} scale {scale:.1f} texts {len(text_ids)} "
+                    f"{n_ex / max(now - t_last, 1e-9):.0f} ex/s elapsed {now - t_start:.0f} s")
+                t_last = now
+            ckpt.step_done(steps_done, loop_state)
     train_seconds = time.perf_counter() - t_start
     model.eval()
     k = max(1, min(s.log_every, len(losses)))
@@ -632,7 +671,9 @@ def fit_toy_clip(corpus: VlpCorpus, settings: ToyClipSettings, *, log: LogFn = p
         # CPU time of the whole process over training: ~2x train_seconds on an idle 2-core
         # machine; when train_seconds is much larger, the machine was busy with other work.
         "cpu_seconds": round(time.process_time() - cpu_start, 2),
-        "examples_per_second": round(steps_done * s.batch_size / max(train_seconds, 1e-9), 1),
+        "examples_per_second": round((steps_done - start) * s.batch_size
+                                     / max(train_seconds, 1e-9), 1),
+        "resumed_from": start,
         "loss_first": losses[0] if losses else None,
         "loss_final": float(np.mean(losses[-k:])) if losses else None,
         "loss_curve": [round(float(np.mean(losses[i:i + k])), 5)
@@ -656,9 +697,13 @@ def train_toy_clip(
     settings: ToyClipSettings | None = None,
     log: LogFn | PathLike | None = None,
     evaluate: bool = True,
+    resume_root: PathLike | None = None,
 ) -> dict[str, Any]:
     """Train, save with :func:`save_toy_clip` into ``out_dir``, reload with :func:`load_clip`,
     evaluate on the held-out split, write ``metrics_path``. Returns the metrics dict.
+
+    ``resume_root``: folder of the resumable state (``<root>/<hash>/``, removed once the outputs
+    are written; :mod:`qaclims.vlp.toy_resume`); None: not resumable.
 
     ``out_dir`` then holds ``open_clip_config.json`` (pass as ``arch``), ``tokenizer.json`` and
     ``ovseg_toy_clip.pth`` (pass as ``mask_checkpoint``; ``pretrained=None``).
@@ -674,7 +719,9 @@ def train_toy_clip(
         corpus = load_corpus(corpus_dir)
         logger(f"corpus {corpus_dir}: {corpus.images.shape[0]} images of {corpus.size} px, "
                f"{len(corpus.regions):,} regions")
-        model, info = fit_toy_clip(corpus, s, log=logger)
+        resume = toy_resume_state(resume_root, "train_toy_clip", s.to_dict(), corpus_dir,
+                                  neutral=EVAL_ONLY)
+        model, info = fit_toy_clip(corpus, s, log=logger, resume=resume)
         files = save_toy_clip(model, out_dir)
         logger(f"saved to {out_dir} ({directory_bytes(out_dir):,} bytes)")
         metrics: dict[str, Any] = {
@@ -698,6 +745,8 @@ def train_toy_clip(
         metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
         if metrics_path is not None:
             write_json(metrics, metrics_path)
+        if resume is not None:  # every output is written: the state is no longer needed
+            resume.clear()
         return metrics
     finally:
         if isinstance(logger, TrainLog):
@@ -717,6 +766,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out_dir")
     p.add_argument("metrics")
     p.add_argument("--log", default=None)
+    p.add_argument("--resume-root", default=None, help="folder of the resumable state")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ToyClipSettings field (value parsed as JSON when possible)")
     a = p.parse_args(argv)
@@ -729,7 +779,8 @@ def main(argv: list[str] | None = None) -> None:
             over[k] = v
     log: Any = a.log if a.log else print
     m = train_toy_clip(a.corpus_dir, a.out_dir, a.metrics,
-                       settings=ToyClipSettings.from_dict(over), log=log)
+                       settings=ToyClipSettings.from_dict(over), log=log,
+                       resume_root=a.resume_root)
     print(json.dumps({k: m[k] for k in ("training", "quality") if k in m}, indent=1)[:4000])
 
 

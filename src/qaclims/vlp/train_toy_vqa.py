@@ -22,7 +22,9 @@ none of which changes the saved model's architecture, make it look where things 
 Determinism: the step count decides (``max_steps``; the learning-rate schedule is laid out over
 it); ``max_minutes`` only guards against a machine far slower than expected: past it the training
 fails instead of saving weights from fewer steps (qaclims.determinism). Same seed, same thread
-count, same corpus -> same weights.
+count, same corpus -> same weights. Resumable: every ``checkpoint_every`` steps, on SIGTERM and
+before the time guard fails, the loop state is saved; a rerun continues bit for bit
+(:mod:`qaclims.vlp.toy_resume`).
 
 The model is saved with ``save_pretrained`` (model + processor) and evaluated *after loading it
 back* through :func:`qaclims.vlp.blip.load_blip_vqa` (:func:`qaclims.vlp.toy_quality.evaluate_vqa`).
@@ -39,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from qaclims.determinism import check_time_guard, configure_torch
+from qaclims.cam.checkpoint import ResumeState
+from qaclims.determinism import configure_torch
 from qaclims.vlp.toy_quality import (
     TRAIN_SPLIT,
     LogFn,
@@ -53,6 +56,7 @@ from qaclims.vlp.toy_quality import (
     normalise_batch,
     resize_uint8,
 )
+from qaclims.vlp.toy_resume import LoopCheckpoint, toy_resume_state
 
 PathLike = str | os.PathLike[str]
 
@@ -105,6 +109,8 @@ class ToyVqaSettings:
     max_steps: int = 1500
     max_minutes: float = 60.0
     log_every: int = 25
+    # Steps between resumable states (0: only on SIGTERM / the time guard); result-neutral.
+    checkpoint_every: int = 100
     # Evaluation (held-out split, authors' decoding).
     eval_split: str = "heldout"
     eval_max_questions: int | None = 6000
@@ -230,6 +236,30 @@ class _ImageGroupedSampler:
         self.cursor = 0
         self.epoch = 0
         self.n_rows = len(image_index)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything drawing batches changes (the generator is saved by its owner), in types a
+        weights-only load accepts."""
+        import torch
+
+        d: dict[str, Any] = {"row_perm": torch.cat(self.row_perm), "row_cursor": self.row_cursor,
+                             "perm": self.perm, "cursor": self.cursor, "epoch": self.epoch}
+        if hasattr(self, "_row_stream"):
+            d["row_stream"], d["row_stream_cursor"] = self._row_stream, self._row_cursor
+        return d
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for the same rows)."""
+        import torch
+
+        sizes = [len(r) for r in self.rows_of]
+        if int(d["row_perm"].numel()) != sum(sizes) or len(d["row_cursor"]) != self.n_groups:
+            raise ValueError("sampler state of another training table")
+        self.row_perm = list(torch.split(d["row_perm"], sizes))
+        self.row_cursor = [int(c) for c in d["row_cursor"]]
+        self.perm, self.cursor, self.epoch = d["perm"], int(d["cursor"]), int(d["epoch"])
+        if "row_stream" in d:
+            self._row_stream, self._row_cursor = d["row_stream"], int(d["row_stream_cursor"])
 
     def _rows(self, g: int, k: int) -> list[int]:
         import torch
@@ -414,13 +444,23 @@ def _optimizer(model: Any, lr: float, weight_decay: float, extra: Any = None) ->
         lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+#: Settings that only affect the evaluation: left out of the resume hash.
+EVAL_ONLY = ("eval_split", "eval_max_questions", "eval_batch_size", "num_beams", "max_length",
+             "min_length")
+
+
 def fit_toy_vqa(
     corpus: VlpCorpus,
     settings: ToyVqaSettings,
     *,
     log: LogFn = print,
+    resume: ResumeState | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Train a toy BLIP VQA in memory: ``(model, processor, training info)``."""
+    """Train a toy BLIP VQA in memory: ``(model, processor, training info)``.
+
+    ``resume``: where the loop state is saved and resumed from (:mod:`qaclims.vlp.toy_resume`);
+    None: not resumable.
+    """
     import torch
 
     from qaclims.vlp.toy_models import build_corpus_bert_tokenizer, build_toy_blip_vqa
@@ -477,77 +517,92 @@ def fit_toy_vqa(
     gen = torch.Generator().manual_seed(s.seed)
     model.train()
     sampler = _ImageGroupedSampler(data.image_index, s.questions_per_image, gen)
+    modules = {"model": model} if region_head is None else {"model": model,
+                                                            "region_head": region_head}
+    ckpt = LoopCheckpoint(resume, s.checkpoint_every, modules=modules, optimizer=opt,
+                          generator=gen, total_steps=s.max_steps, what="toy VQA training",
+                          log_fn=log)
+    start, loop = ckpt.restore()
+    losses: list[float] = list(loop.get("losses", []))
+    aux_losses: list[float] = list(loop.get("aux_losses", []))
+    if loop:
+        sampler.load_state_dict(loop["sampler"])
+
+    def loop_state() -> dict[str, Any]:
+        return {"sampler": sampler.state_dict(), "losses": losses, "aux_losses": aux_losses}
+
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     t_last = t_start
     seen_since = 0
-    losses: list[float] = []
-    aux_losses: list[float] = []
     stopped_by = "steps"
     step = 0
-    loss_first = None
-    for step in range(s.max_steps):
-        check_time_guard((time.perf_counter() - t_start) / 60.0, s.max_minutes,
-                         what="toy VQA training", step=step, max_steps=s.max_steps,
-                         key="models.toy.vqa.max_minutes")
-        idx, slots = sampler.next(s.batch_size)
-        lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
-                   schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        first = torch.zeros(int(slots.max()) + 1, dtype=torch.long)
-        first[slots.flip(0)] = idx.flip(0)  # one row per image slot -> its image
-        img_rows = data.image_index[first]
-        pixels = normalise_batch(images[img_rows], mean, std)
-        flip = None
-        if mirror is not None:
-            flip = torch.rand(len(first), generator=gen) < 0.5
-            pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-            batch = data.batch(idx, torch.where(flip[slots], mirror[idx], idx))
+    loss_first = losses[0] if losses else None
+    with ckpt.watch_sigterm():
+        for step in range(start, s.max_steps):
+            ckpt.check_time(step, loop_state,
+                            elapsed_minutes=(time.perf_counter() - t_start) / 60.0,
+                            max_minutes=s.max_minutes, key="models.toy.vqa.max_minutes")
+            idx, slots = sampler.next(s.batch_size)
+            lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.max_steps,
+                       schedule=s.schedule, min_lr_ratio=s.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            first = torch.zeros(int(slots.max()) + 1, dtype=torch.long)
+            first[slots.flip(0)] = idx.flip(0)  # one row per image slot -> its image
+            img_rows = data.image_index[first]
+            pixels = normalise_batch(images[img_rows], mean, std)
+            flip = None
+            if mirror is not None:
+                flip = torch.rand(len(first), generator=gen) < 0.5
+                pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+                batch = data.batch(idx, torch.where(flip[slots], mirror[idx], idx))
+            else:
+                batch = data.batch(idx)
+            if region_head is None:
+                loss = vqa_loss(model, pixels, slots, batch)
+                total = loss
+            else:
+                embeds = model.vision_model(pixel_values=pixels)[0]
+                loss = vqa_loss(model, pixels, slots, batch, image_embeds=embeds)
+                t_self, t_rays = region_self[img_rows], region_rays[img_rows].float()
+                if flip is not None:  # mirror the patch grid; left and right rays swap
+                    t_self = torch.where(flip[:, None, None], t_self.flip(2), t_self)
+                    t_rays = torch.where(flip[:, None, None, None, None],
+                                         t_rays.flip(2)[:, :, :, [1, 0, 2, 3]], t_rays)
+                logits = region_head(embeds[:, 1:]).view(len(img_rows), -1, 5, len(labels))
+                aux = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, len(labels)),
+                                                        t_self.reshape(-1))
+                bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits[:, :, 1:], t_rays.view(len(img_rows), -1, 4, len(labels)),
+                    reduction="none").sum(-1)
+                aux = aux + bce[:, ray_valid].mean()
+                total = loss + s.region_loss_weight * aux
+                aux_losses.append(float(aux.detach()))
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if s.grad_clip and s.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+            opt.step()
+            lv = float(loss.detach())
+            losses.append(lv)
+            if loss_first is None:
+                loss_first = lv
+            seen_since += len(idx)
+            if (step + 1) % s.log_every == 0 or step == 0 or step + 1 == s.max_steps:
+                now = time.perf_counter()
+                recent = losses[-s.log_every:]
+                aux_txt = (f" region loss {np.mean(aux_losses[-s.log_every:]):.4f}"
+                           if aux_losses else "")
+                log(f"step {step + 1}/{s.max_steps} epoch {sampler.epoch} "
+                    f"loss {np.mean(recent):.4f}{aux_txt} lr {lr:.2e} "
+                    f"{seen_since / max(now - t_last, 1e-9):.0f} ex/s "
+                    f"elapsed {now - t_start:.0f} s")
+                t_last = now
+                seen_since = 0
+            ckpt.step_done(step + 1, loop_state)
         else:
-            batch = data.batch(idx)
-        if region_head is None:
-            loss = vqa_loss(model, pixels, slots, batch)
-            total = loss
-        else:
-            embeds = model.vision_model(pixel_values=pixels)[0]
-            loss = vqa_loss(model, pixels, slots, batch, image_embeds=embeds)
-            t_self, t_rays = region_self[img_rows], region_rays[img_rows].float()
-            if flip is not None:  # mirror the patch grid; left and right rays swap
-                t_self = torch.where(flip[:, None, None], t_self.flip(2), t_self)
-                t_rays = torch.where(flip[:, None, None, None, None],
-                                     t_rays.flip(2)[:, :, :, [1, 0, 2, 3]], t_rays)
-            logits = region_head(embeds[:, 1:]).view(len(img_rows), -1, 5, len(labels))
-            aux = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, len(labels)),
-                                                    t_self.reshape(-1))
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits[:, :, 1:], t_rays.view(len(img_rows), -1, 4, len(labels)),
-                reduction="none").sum(-1)
-            aux = aux + bce[:, ray_valid].mean()
-            total = loss + s.region_loss_weight * aux
-            aux_losses.append(float(aux.detach()))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if s.grad_clip and s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-        opt.step()
-        lv = float(loss.detach())
-        losses.append(lv)
-        if loss_first is None:
-            loss_first = lv
-        seen_since += len(idx)
-        if (step + 1) % s.log_every == 0 or step == 0 or step + 1 == s.max_steps:
-            now = time.perf_counter()
-            recent = losses[-s.log_every:]
-            aux_txt = (f" region loss {np.mean(aux_losses[-s.log_every:]):.4f}"
-                       if aux_losses else "")
-            log(f"step {step + 1}/{s.max_steps} epoch {sampler.epoch} loss {np.mean(recent):.4f}"
-                f"{aux_txt} lr {lr:.2e} {seen_since / max(now - t_last, 1e-9):.0f} ex/s "
-                f"elapsed {now - t_start:.0f} s")
-            t_last = now
-            seen_since = 0
-    else:
-        step = s.max_steps
+            step = s.max_steps
     steps_done = s.max_steps
     train_seconds = time.perf_counter() - t_start
     model.eval()
@@ -562,7 +617,9 @@ def fit_toy_vqa(
         # CPU time of the whole process over training: ~2x train_seconds on an idle 2-core
         # machine; when train_seconds is much larger, the machine was busy with other work.
         "cpu_seconds": round(time.process_time() - cpu_start, 2),
-        "examples_per_second": round(steps_done * s.batch_size / max(train_seconds, 1e-9), 1),
+        "examples_per_second": round((steps_done - start) * s.batch_size
+                                     / max(train_seconds, 1e-9), 1),
+        "resumed_from": start,
         "loss_first": loss_first,
         "loss_final": float(np.mean(losses[-k:])) if losses else None,
         "region_loss_final": float(np.mean(aux_losses[-k:])) if aux_losses else None,
@@ -585,12 +642,14 @@ def train_toy_vqa(
     settings: ToyVqaSettings | None = None,
     log: LogFn | PathLike | None = None,
     evaluate: bool = True,
+    resume_root: PathLike | None = None,
 ) -> dict[str, Any]:
     """Train, save (``save_pretrained`` model + processor into ``out_dir``, atomically), reload
     through :func:`load_blip_vqa`, evaluate on the held-out split, write ``metrics_path``.
 
-    ``log``: a callable taking one line, or a log file path (lines are appended). Returns the
-    metrics dict.
+    ``log``: a callable taking one line, or a log file path (lines are appended).
+    ``resume_root``: folder of the resumable state (``<root>/<hash>/``, removed once the outputs
+    are written; :mod:`qaclims.vlp.toy_resume`); None: not resumable. Returns the metrics dict.
     """
     from qaclims.store import write_json
     from qaclims.vlp.toy_models import save_toy_blip_vqa
@@ -602,7 +661,9 @@ def train_toy_vqa(
         corpus = load_corpus(corpus_dir)
         logger(f"corpus {corpus_dir}: {corpus.images.shape[0]} images of {corpus.size} px, "
                f"{len(corpus.qa):,} QA rows")
-        model, processor, info = fit_toy_vqa(corpus, s, log=logger)
+        resume = toy_resume_state(resume_root, "train_toy_vqa", s.to_dict(), corpus_dir,
+                                  neutral=EVAL_ONLY)
+        model, processor, info = fit_toy_vqa(corpus, s, log=logger, resume=resume)
         save_toy_blip_vqa(model, processor, out_dir)
         logger(f"saved to {out_dir} ({directory_bytes(out_dir):,} bytes)")
         metrics: dict[str, Any] = {
@@ -623,6 +684,8 @@ def train_toy_vqa(
         metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
         if metrics_path is not None:
             write_json(metrics, metrics_path)
+        if resume is not None:  # every output is written: the state is no longer needed
+            resume.clear()
         return metrics
     finally:
         if isinstance(logger, TrainLog):
@@ -642,6 +705,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out_dir")
     p.add_argument("metrics")
     p.add_argument("--log", default=None)
+    p.add_argument("--resume-root", default=None, help="folder of the resumable state")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ToyVqaSettings field (value parsed as JSON when possible)")
     a = p.parse_args(argv)
@@ -654,7 +718,7 @@ def main(argv: list[str] | None = None) -> None:
             over[k] = v
     log: Any = a.log if a.log else print
     m = train_toy_vqa(a.corpus_dir, a.out_dir, a.metrics, settings=ToyVqaSettings.from_dict(over),
-                      log=log)
+                      log=log, resume_root=a.resume_root)
     print(json.dumps({k: m[k] for k in ("training", "quality") if k in m}, indent=1)[:4000])
 
 

@@ -92,10 +92,15 @@ def qape_section(results: Path) -> str | None:
 
 def runtime_section(results: Path, toy: Path | None = None) -> str | None:
     """Wall time per rule from the benchmark files, the most expensive rule first."""
+    import re
+
     from qaclims.report.tables import read_benchmarks, runtime_summary
 
+    rules_dir = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+    rule_names = sorted({m.group(1) for f in rules_dir.glob("*.smk")
+                         for m in re.finditer(r"(?m)^\s*(?:local)?rule (\w+):", f.read_text())})
     roots = [results / "benchmarks"] + ([toy / "benchmarks"] if toy is not None else [])
-    bench = read_benchmarks(roots)
+    bench = read_benchmarks(roots, rule_names)
     if bench.empty:
         return None
     summary = runtime_summary(bench)

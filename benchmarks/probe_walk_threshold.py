@@ -31,7 +31,7 @@ from qaclims.cam.cam_store import CamStore  # noqa: E402
 from qaclims.data.manifest import read_classes, read_manifest  # noqa: E402
 from qaclims.irn.pipeline import _load_image, shard_rows  # noqa: E402
 from qaclims.irn.random_walk import infer_edge, random_walk  # noqa: E402
-from qaclims.irn.settings import RandomWalkSettings  # noqa: E402
+from qaclims.irn.settings import RandomWalkSettings, resolve_thresholds  # noqa: E402
 from qaclims.irn.train_irn import load_irn_network  # noqa: E402
 from qaclims.metrics import ConfusionMatrix  # noqa: E402
 from qaclims.store import read_label_png  # noqa: E402
@@ -53,14 +53,20 @@ def masks_at(up: torch.Tensor, keys: np.ndarray, thresholds: np.ndarray) -> list
     return out
 
 
-def probe(results: Path, experiment: str, n_images: int, split: str) -> dict:
+def probe(results: Path, experiment: str, n_images: int, split: str,
+          reference: float | None = 0.15) -> dict:
     classes = read_classes(results / "data" / "classes.json")
     df = read_manifest(results / "data" / "manifest.parquet", num_classes=len(classes))
     rows = shard_rows(df, [split]).head(n_images)
-    metrics = json.loads((results / experiment / "irn" / "metrics" / "pseudo_masks.json")
-                         .read_text())
-    used = float(metrics["settings"]["bg_threshold"])
-    rw_settings = RandomWalkSettings.from_dict(metrics["settings"])
+    metrics_path = results / experiment / "irn" / "metrics" / "pseudo_masks.json"
+    if metrics_path.is_file():  # the threshold the pipeline's masks were made with
+        settings = json.loads(metrics_path.read_text())["settings"]
+        rw_settings = RandomWalkSettings.from_dict(
+            {k: v for k, v in settings.items() if k in RandomWalkSettings.__dataclass_fields__})
+    else:  # before eval_pseudo_masks ran: the defaults, shifted as the demo config says
+        rw_settings, _ = resolve_thresholds(RandomWalkSettings(), reference,
+                                            results / experiment / "cam_eval" / "threshold.json")
+    used = float(rw_settings.bg_threshold)
     cam_best = json.loads((results / experiment / "cam_eval" / "threshold.json").read_text())
     net, _ = load_irn_network(results / experiment / "irn" / "model.pth")
     net.eval()

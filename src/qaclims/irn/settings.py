@@ -253,9 +253,8 @@ def irn_reference_threshold(section: Mapping[str, Any] | None) -> float | None:
     return None if v is None else float(v)
 
 
-def cam_threshold_shift(threshold_json: str | Any, reference: float) -> tuple[float, float]:
-    """``(shift, best)``: the experiment's best CAM threshold (``threshold.json`` of
-    search_threshold) minus ``reference``."""
+def read_best_threshold(threshold_json: str | Any) -> float:
+    """``best_threshold`` of a threshold search's JSON (CAM or walk), checked to lie in [0, 1]."""
     import json
     from pathlib import Path
 
@@ -266,7 +265,14 @@ def cam_threshold_shift(threshold_json: str | Any, reference: float) -> tuple[fl
         raise ValueError(f"{path}: cannot read best_threshold ({err})") from None
     if not _is_num(best) or not 0 <= best <= 1:
         raise ValueError(f"{path}: best_threshold must be a number in [0, 1], got {best!r}")
-    return float(best) - reference, float(best)
+    return float(best)
+
+
+def cam_threshold_shift(threshold_json: str | Any, reference: float) -> tuple[float, float]:
+    """``(shift, best)``: the experiment's best CAM threshold (``threshold.json`` of
+    search_threshold) minus ``reference``."""
+    best = read_best_threshold(threshold_json)
+    return best - reference, best
 
 
 def shift_thresholds(settings: Any, shift: float) -> Any:
@@ -309,20 +315,11 @@ def walk_bg_threshold(settings: RandomWalkSettings, reference: float | None,
     walk-threshold search (``walk_threshold_json``, a path or a rule's input list of none or
     one: ``irn.walk_threshold_search``), else ``settings.bg_threshold`` shifted as
     :func:`resolve_thresholds` says."""
-    import json
-    from pathlib import Path
-
     if isinstance(walk_threshold_json, Sequence) and not isinstance(walk_threshold_json, str):
         walk_threshold_json = next(iter(walk_threshold_json), None)
     if walk_threshold_json:
-        path = Path(walk_threshold_json)
-        try:
-            best = json.loads(path.read_text())["best_threshold"]
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{path}: cannot read best_threshold ({err})") from None
-        if not _is_num(best) or not 0 <= best <= 1:
-            raise ValueError(f"{path}: best_threshold must be a number in [0, 1], got {best!r}")
-        return float(best), {"walk_threshold_search": True, "bg_threshold": float(best)}
+        best = read_best_threshold(walk_threshold_json)
+        return best, {"walk_threshold_search": True, "bg_threshold": best}
     shifted, info = resolve_thresholds(settings, reference, cam_eval)
     return float(shifted.bg_threshold), {"walk_threshold_search": False,
                                          "bg_threshold": float(shifted.bg_threshold), **info}
